@@ -1,0 +1,5 @@
+import sys
+
+from ig3_edge.main import main
+
+sys.exit(main())

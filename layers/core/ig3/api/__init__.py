@@ -1,0 +1,1 @@
+"""The api function's HTTP surface: one Powertools resolver, one router per capability."""
