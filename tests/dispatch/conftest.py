@@ -48,15 +48,25 @@ def harness(aws_env, redis_url, redis_prefix, sagemaker, monkeypatch):
     monkeypatch.setenv(SAGEMAKER_RUNTIME_URL_ENV, sagemaker.url)
     env = _own_queues(aws_env, monkeypatch)
     redis_client.reset()
-    wiring.task_service.cache_clear()
-    wiring.live_state.cache_clear()
+    _clear_cached_wiring()
     h = Harness(env)
     h.svc.settings = DispatchSettings(
         edge_attempts=3, cloud_attempts=1, default_deadline_s=30, backoff_base_s=0.05, backoff_max_s=0.1
     )
     yield h
-    wiring.task_service.cache_clear()
-    wiring.live_state.cache_clear()
+    _clear_cached_wiring()
+
+
+def _clear_cached_wiring():
+    """The wiring caches one service per process (as in Lambda); each test has its own Redis prefix,
+    so every cache that captured a prefix goes — the reputation store included, or one test's
+    quarantines and signature failures would steer the next test's placements."""
+    from ig3.audit import wiring as audit_wiring
+    from ig3.tasks import wiring
+
+    for cached in (wiring.task_service, wiring.live_state, audit_wiring.reputation_store,
+                   audit_wiring.audit_service):
+        cached.cache_clear()
 
 
 def _own_queues(env, monkeypatch):

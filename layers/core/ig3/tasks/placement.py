@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ig3.observability import logger
 from ig3.tasks.model import Task
 
 
@@ -23,7 +24,14 @@ class SchedulerPlacer:
         req = PlacementRequest(task_id=task.task_id, model=task.model, kind=task.kind,
                                region=task.constraints.region, near=near, exclude=exclude,
                                hold_s=hold_s)
-        return self._scheduler.place(req)
+        outcome = self._scheduler.place_explained(req)
+        if outcome.placement is None:
+            # Why a task waits or falls back is the first question an operator asks (no prompt text here).
+            logger.info("no placement", extra={"task_id": task.task_id, "model": task.model,
+                                               "why": outcome.reason.get("why"),
+                                               "rejected": outcome.reason.get("rejected"),
+                                               "excluded": sorted(exclude)})
+        return outcome.placement
 
     def release(self, thing: str, task_id: str) -> bool:
         return self._scheduler.release(thing, task_id)
