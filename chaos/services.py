@@ -3,6 +3,7 @@ stopped and started again (the shared ones on 6379/1883 belong to everyone's tes
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -109,9 +110,13 @@ class MosquittoBroker(_Server):
     def _cmd(self) -> list[str]:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = self.workdir / "mosquitto.conf"
+        # As root, mosquitto drops to its own user unless told otherwise, and a credential change
+        # clears the parent-death signal (prctl(2)): a run killed outright left its broker behind.
+        # Staying as the user that started it keeps ``die_with_parent`` in force.
+        user = "user root\n" if os.geteuid() == 0 else ""
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_inflight_messages 0\nmax_queued_messages 10000\n"
+            f"max_inflight_messages 0\nmax_queued_messages 10000\n{user}"
         )
         return [exe, "-c", str(conf)]
 

