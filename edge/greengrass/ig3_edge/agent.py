@@ -15,7 +15,10 @@ Design decisions:
   optionally merged per ``stream_coalesce_ms`` window to respect IoT Core's 100 publishes/s per
   connection. ``seq`` counts chunks from 0; the last chunk has ``final=True`` and the usage.
 - Heartbeats: every ``heartbeat_s`` and on change (load, models, status), at most one per
-  ``heartbeat_min_gap_s``, so a burst of tasks does not become a burst of heartbeats.
+  ``heartbeat_min_gap_s``, so a burst of tasks does not become a burst of heartbeats. An
+  on-change heartbeat also waits ``HEARTBEAT_SETTLE_S`` after the change: a task start is such a
+  change, and building and publishing a heartbeat (psutil, JSON, a publish) at that moment
+  competes for the GIL with the task's path to its first token.
 """
 from __future__ import annotations
 
@@ -50,6 +53,10 @@ from ig3_edge.telemetry import Ewma, SystemLoad
 from ig3_edge.transports.base import Transport
 
 log = logging.getLogger("ig3_edge.agent")
+# Settle time of an on-change heartbeat (see the module docstring): past a task's set-up in
+# Python (parse, submit, prompt template), into llama.cpp's prompt evaluation, which releases
+# the GIL; far shorter than the scheduler needs the news.
+HEARTBEAT_SETTLE_S = 0.05
 
 RECENT_RESULTS = 512  # answered tasks remembered for redeliveries ...
 RECENT_BYTES = 8 << 20  # ... within this many bytes (an embeddings answer can be 100 KB)
@@ -357,8 +364,10 @@ class Agent:
             if self._stop.is_set():
                 return
             gap = self._hb_last_ts + self.cfg.heartbeat_min_gap_s - time.monotonic()
-            if dirty and gap > 0:
-                self._stop.wait(gap)  # coalesce a burst of changes into one heartbeat
+            if dirty:
+                # Coalesce a burst of changes into one heartbeat, and let a task that just started
+                # reach its first token before the heartbeat is built.
+                self._stop.wait(max(gap, HEARTBEAT_SETTLE_S))
             try:
                 self._publish_heartbeat(force=time.monotonic() >= due)
             except Exception:
