@@ -160,7 +160,9 @@ class LocalCloud:
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,  # no access log per call
-                                preexec_fn=die_with_parent)
+                                # SIGKILL, not SIGTERM: moto turns SIGTERM into a graceful stop that
+                                # waits on its request threads, and it holds nothing worth saving.
+                                preexec_fn=lambda: die_with_parent(signal.SIGKILL))
 
         def stop_moto() -> None:
             proc.terminate()
