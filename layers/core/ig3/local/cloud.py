@@ -131,9 +131,32 @@ class LocalCloud:
             if cfg.devices:
                 step(f"simulated fleet: {cfg.devices} edge agents")
                 self._start_fleet(mqtt_url)
+                self._wait_fleet_live()
         except BaseException:
             self.stop()
             raise
+
+    def _wait_fleet_live(self, timeout_s: float = 60.0) -> None:
+        """Ready means schedulable: every agent's first heartbeat has reached the live state.
+
+        An agent is "ready" once it has published that heartbeat, but the heartbeat still travels
+        broker -> IoT rule -> SQS -> telemetry function -> Redis; a client that came right after
+        the ``ready`` line could find devices not yet online.
+        """
+        from ig3.tasks.wiring import live_state
+
+        assert self.fleet is not None
+        live = live_state()
+        deadline = time.time() + timeout_s
+        while True:
+            missing = [d.thing for d in self.fleet.devices if not (live.get(d.thing) or {}).get("online")]
+            if not missing:
+                return
+            if time.time() > deadline:
+                raise StartupError(f"{len(missing)} of {len(self.fleet.devices)} devices sent heartbeats that did "
+                                   f"not reach the live state within {timeout_s:.0f}s (telemetry function; see the "
+                                   "agent logs in the state dir)")
+            time.sleep(0.1)
 
     def _audit_env(self, state: Path) -> dict[str, str]:
         """Verifiable work (ig3.audit): the audit function re-scores against the fleet's own model files
