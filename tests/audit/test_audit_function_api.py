@@ -164,13 +164,14 @@ def test_audit_function_judges_jobs_from_sqs_and_the_api_shows_reputation_and_qu
 
 
 def test_without_any_reference_copy_jobs_are_skipped_not_sent_to_the_dlq(aws_env, redis_prefix, monkeypatch):
-    """AWS today: the zip has no llama.cpp and no models — a retry could reach no auditor, and every
-    DLQ message is an alarm. Jobs are acknowledged unjudged; the device's reputation is untouched."""
+    """A deployment with neither a models bucket nor a models directory: a retry could reach no auditor,
+    and every DLQ message is an alarm. Jobs are acknowledged unjudged; the device's reputation is untouched."""
     from ig3.audit import wiring
     from ig3.tasks import wiring as task_wiring
     from ig3_functions.audit.handler import handler
 
     monkeypatch.delenv("IG3_AUDIT_MODELS_DIR", raising=False)
+    monkeypatch.delenv("IG3_AUDIT_MODELS_BUCKET", raising=False)  # the local cloud's models bucket
     monkeypatch.setenv("IG3_LIVE_PREFIX", redis_prefix)
     for f in (wiring.reputation_store, wiring.audit_service, task_wiring.live_state):
         f.cache_clear()

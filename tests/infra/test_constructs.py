@@ -170,10 +170,15 @@ def test_image_function_and_iot_client_authorizer(tmp_path_factory):
     assert authorizer["Properties"]["Status"] == "ACTIVE"
     fns = by_path(s.stateless, "AWS::Lambda::Function", "/Functions/")
     routed = {r.function for r in topo.routes}
+    from ig3_cdk.constructs.functions import IMAGES
+
     for f in image_fns:
         props = fns[f.name]["Properties"]
         assert props["PackageType"] == "Image" and "ImageUri" in props["Code"]
-        if f.name in routed:  # a web app behind Lambda Web Adapter
+        if not IMAGES[f.image].web_adapter:  # the base image's runtime client calls the handler itself
+            assert not any(k.startswith("AWS_LWA_") for k in props["Environment"]["Variables"]), f.name
+            assert props["ImageConfig"]["Command"] == [f.handler.replace(":", ".")], f.name
+        elif f.name in routed:  # a web app behind Lambda Web Adapter
             assert props["Environment"]["Variables"]["AWS_LWA_INVOKE_MODE"] == "response_stream"
         else:  # queue-fed (the cloud worker): the adapter POSTs each event to the topology handler
             env = props["Environment"]["Variables"]
@@ -193,13 +198,16 @@ def test_image_function_and_iot_client_authorizer(tmp_path_factory):
     for image in images.values():
         ctx = s.outdir / image["source"]["directory"]
         dockerfile = (ctx / "Dockerfile").read_text()
-        assert "aws-lambda-adapter" in dockerfile and "--require-hashes" in dockerfile
+        if "aws-lambda-adapter" not in dockerfile:  # the audit image: test_audit_image.py
+            assert "public.ecr.aws/lambda/python:3.11" in dockerfile
+            continue
+        assert "--require-hashes" in dockerfile
         apps.append(image["source"].get("dockerBuildArgs", {}).get("ASGI_APP"))
         reqs = (ctx / "requirements.txt").read_text()
         assert "litellm==" in reqs and "--hash=sha256:" in reqs
         assert (ctx / "ig3" / "wire.py").is_file() and not (ctx / "ig3" / "local").exists()
     assert sorted(apps) == sorted(f.handler if f.name in routed else "ig3.lambda_events:app"
-                                  for f in image_fns)
+                                  for f in image_fns if IMAGES[f.image].web_adapter)
 
 
 def test_cloud_worker_fed_by_the_dispatcher(stateless, prod):

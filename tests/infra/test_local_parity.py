@@ -16,8 +16,9 @@ def test_function_resource_variables_exist_in_the_local_cloud(prod, aws_env):
     for f in TOPOLOGY.functions:
         env = fns[f.name]["Properties"]["Environment"]["Variables"]
         secret_envs = {s.env for s in TOPOLOGY.secrets}
+        bucket_envs = {b.variable for b in TOPOLOGY.buckets}
         names = {k for k in env if k.startswith(("IG3_TABLE_", "IG3_QUEUE_", "IG3_BUCKET_"))
-                 or k == BUS_ENV or k in secret_envs}
+                 or k == BUS_ENV or k in secret_envs or k in bucket_envs}
         assert secret_envs & set(env) == {s.env for s in TOPOLOGY.secrets if s.name in f.secrets}, f.name
         missing = names - set(aws_env)
         assert not missing, (f.name, missing)

@@ -161,10 +161,15 @@ def test_buckets_match_topology(prod):
         props = buckets[b.name]["Properties"]
         assert props["PublicAccessBlockConfiguration"]["BlockPublicPolicy"] is True
         rules = props.get("LifecycleConfiguration", {}).get("Rules", [])
-        assert {(r["Prefix"], r["ExpirationInDays"]) for r in rules} == set(b.expire_prefixes)
+        assert {(r["Prefix"], r["ExpirationInDays"]) for r in rules if "ExpirationInDays" in r} == \
+            set(b.expire_prefixes)
+        assert (props.get("VersioningConfiguration") == {"Status": "Enabled"}) == b.versioned, b.name
     fns = by_path(prod.stateless, "AWS::Lambda::Function", "/Functions/")
+    variables = {b.variable for b in TOPOLOGY.buckets}
     for f in TOPOLOGY.functions:
         env = fns[f.name]["Properties"]["Environment"]["Variables"]
-        assert {k for k in env if k.startswith("IG3_BUCKET_")} == {bucket_env(b) for b in f.buckets}, f.name
+        declared = {bucket_env(b) for b in f.buckets} | \
+            {TOPOLOGY.bucket(b).variable for b, _ in f.reads_buckets}
+        assert {k for k in env if k.startswith("IG3_BUCKET_") or k in variables} == declared, f.name
     policies = json.dumps(resources(prod.stateless, "AWS::IAM::Policy"))
     assert "s3:PutObject" in policies

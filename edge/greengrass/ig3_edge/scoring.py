@@ -160,11 +160,14 @@ class Rescorer:
         n_ctx: int = 2048,
         n_threads: int = 1,
         tie_nats: float = DEFAULT_TIE_NATS,
+        sha256: str | None = None,
     ):
+        # sha256: the file's hash when the caller already verified it (the cloud's model cache hashes
+        # while downloading), so a multi-GB file is not hashed twice; else it is computed here.
         from ig3_edge.backends.llama_cpp import LlamaCppBackend
         from ig3_edge.models import read_gguf
 
-        self.model = read_gguf(Path(model_path))
+        self.model = read_gguf(Path(model_path), sha256=sha256)
         self.model_hash = self.model.sha256
         self.tie_nats = tie_nats
         self._n_ctx = min(n_ctx, self.model.ctx or n_ctx)

@@ -331,9 +331,10 @@ class Packager:
         self.artifacts.append(art)
         return art
 
-    def image_requirements(self, groups: tuple[str, ...]) -> str:
-        """requirements.txt (with hashes) for an image function: core + its groups, boto3 included."""
-        names = closure(project_requirements(("core", *groups)), machine=self.machine)
+    def image_requirements(self, groups: tuple[str, ...], requirements: tuple[str, ...] = ()) -> str:
+        """requirements.txt (with hashes) for an image function: core + its groups (+ further
+        distributions by name, e.g. the audit image's llama-cpp-python), boto3 included."""
+        names = closure([*project_requirements(("core", *groups)), *requirements], machine=self.machine)
         return "\n".join(p.line() for p in pinned(names, self.lock)) + "\n"
 
 

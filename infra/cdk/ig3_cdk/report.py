@@ -1,8 +1,10 @@
 """Size report of one synth: unzipped Lambda artifacts (function + layers) and the image estimate.
 
 Sizes come from the bundles themselves (``infra/cdk/build/bundles/<key>``), so the numbers are
-what Lambda unpacks. The image size is an *estimate*: the installed size of its pinned
-distributions in this environment plus the base image and the adapter.
+what Lambda unpacks. An image's size is an *estimate*: the installed size of its pinned
+distributions in this environment plus its base image (and the adapter, for the web-adapter images).
+For the audit image the llama.cpp libraries are this machine's build of the same pinned sdist; the
+reference models are not in the image (they go to /tmp at run time).
 """
 from __future__ import annotations
 
@@ -16,6 +18,11 @@ from ig3_cdk.packaging import BUILT, CACHE, tree_size, GOAL_BYTES, LAMBDA_LIMIT_
 
 BASE_IMAGE_BYTES = 125 * 2**20  # python:3.11-slim-bookworm, uncompressed
 ADAPTER_BYTES = 6 * 2**20  # aws-lambda-adapter 0.9 extension binary
+# public.ecr.aws/lambda/python:3.11 (Amazon Linux 2, Python, the runtime interface client, boto3),
+# uncompressed: roughly 0.55 GB (approximate; not measured on this machine, which has no Docker).
+LAMBDA_BASE_IMAGE_BYTES = 560 * 2**20
+# Image kind (Function.image) -> the bytes under its pinned distributions.
+IMAGE_BASE_BYTES = {"lambda-web-adapter": BASE_IMAGE_BYTES + ADAPTER_BYTES, "audit": LAMBDA_BASE_IMAGE_BYTES}
 
 
 def _dist_size(name: str) -> int:
@@ -29,9 +36,9 @@ def _dist_size(name: str) -> int:
     return total
 
 
-def image_estimate(requirements_txt: Path) -> int:
+def image_estimate(requirements_txt: Path, image: str = "lambda-web-adapter") -> int:
     names = re.findall(r"(?m)^([A-Za-z0-9][A-Za-z0-9._-]*)==", requirements_txt.read_text())
-    return BASE_IMAGE_BYTES + ADAPTER_BYTES + sum(_dist_size(n) for n in names)
+    return IMAGE_BASE_BYTES[image] + sum(_dist_size(n) for n in names)
 
 
 def sizes(_assembly_dir: str, stateless) -> dict:
@@ -41,8 +48,10 @@ def sizes(_assembly_dir: str, stateless) -> dict:
     rows = []
     for fn_name, fn in compute.functions.items():
         if fn_name in compute.images:
-            req = compute.images[fn_name]["context"] / "requirements.txt"
-            rows.append({"artifact": f"{fn_name} (image, estimate)", "bytes": image_estimate(req), "image": True})
+            img = compute.images[fn_name]
+            req = img["context"] / "requirements.txt"
+            rows.append({"artifact": f"{fn_name} (image, estimate)",
+                         "bytes": image_estimate(req, img.get("image", "lambda-web-adapter")), "image": True})
             continue
         own = bundle.get(f"fn-{fn_name}")
         layer_names = compute.function_layers.get(fn_name, ())

@@ -4,6 +4,7 @@
 - ``ig3 devices``: the fleet, live
 - ``ig3 tasks submit`` / ``ig3 tasks get``: AI Gateway work
 - ``ig3 chat``: a streaming terminal chat on the LLM gateway (``ig3.chat``)
+- ``ig3 models publish``: put a reference model file in the models bucket the audit function reads
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from rich.table import Table
 app = typer.Typer(help="ig3-gateway: the gateway layer of the iG3 edge network.", no_args_is_help=True)
 tasks_app = typer.Typer(help="Submit and inspect AI Gateway tasks.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
+models_app = typer.Typer(help="Reference model files of the cloud auditor (the models bucket).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 err = Console(stderr=True)
 out = Console()
 
@@ -167,6 +170,40 @@ def tasks_get(task_id: str, wait: float = typer.Option(0.0), url: str = typer.Op
     status, task = _request("GET", f"{url}/v1/tasks/{task_id}" + (f"?wait={wait:g}" if wait else ""))
     _fail_on_error(status, task)
     _show_task(task)
+
+
+@models_app.command("publish")
+def models_publish(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="A GGUF model file."),
+    name: Optional[str] = typer.Option(None, help="Model name (default: the GGUF's general.name, as devices "
+                                                  "report it)."),
+    bucket: Optional[str] = typer.Option(os.environ.get("IG3_AUDIT_MODELS_BUCKET"),
+                                         help="The models bucket (IG3_AUDIT_MODELS_BUCKET; the stateful stack's "
+                                              "ig3-<stage>-models-<account>-<region>)."),
+    prefix: str = typer.Option(os.environ.get("IG3_AUDIT_MODELS_PREFIX") or "models/", help="Key prefix."),
+    endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint (default: boto3's, AWS_ENDPOINT_URL)."),
+) -> None:
+    """Publish a reference model for audits: sha256 computed here, uploaded under it with name/ctx/quant.
+
+    Idempotent: publishing the same file again changes nothing (a new --name replaces only the metadata).
+    Audits of tasks pinning this hash can then run in AWS."""
+    import boto3
+
+    from ig3.audit.s3models import publish
+
+    if not bucket:
+        err.print("[red]error:[/red] --bucket (or IG3_AUDIT_MODELS_BUCKET) is required")
+        raise typer.Exit(2)
+    client = boto3.client("s3", endpoint_url=endpoint_url) if endpoint_url else boto3.client("s3")
+    with err.status(f"hashing and publishing {path.name}"):
+        try:
+            done = publish(path, bucket=bucket, prefix=prefix, name=name, client=client)
+        except Exception as exc:  # noqa: BLE001
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+    m = done.meta
+    print(json.dumps({"action": done.action, "sha256": m.sha256, "bytes": m.size, "name": m.name, "ctx": m.ctx,
+                      "quant": m.quant, "uri": f"s3://{done.bucket}/{done.key}"}))
 
 
 def _show_task(task: dict[str, Any]) -> None:

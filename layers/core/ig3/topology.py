@@ -37,6 +37,12 @@ class Bucket:
     # (key prefix, days): objects under the prefix expire after that many days (abandoned uploads).
     expire_prefixes: tuple[tuple[str, int], ...] = ()
     description: str = ""
+    versioned: bool = False  # keep every object version (artefacts an operator must be able to recover)
+    env: str | None = None  # the variable carrying its name, if not bucket_env(name)
+
+    @property
+    def variable(self) -> str:
+        return self.env or bucket_env(self.name)
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,11 @@ class Function:
     # the local cloud runs them as timers.
     schedules: tuple[str, ...] = ()
     buckets: tuple[str, ...] = ()  # Topology.buckets whose objects it reads and writes (env: bucket_env)
+    # (bucket, key prefix) it may only read: objects under the prefix (env: Bucket.variable).
+    reads_buckets: tuple[tuple[str, str], ...] = ()
+    ephemeral_mb: int = 512  # /tmp size (Lambda: 512..10240)
+    # package="image": the Dockerfile infra/cdk/docker/<image>.Dockerfile builds it.
+    image: str = "lambda-web-adapter"
     # Calls hosts outside AWS (chain RPC, model providers). In AWS a VPC function (uses_redis) then
     # gets private subnets with a NAT route; the others reach only AWS, through VPC endpoints.
     internet: bool = False
@@ -141,6 +152,12 @@ class Topology:
                 return f
         raise KeyError(name)
 
+    def bucket(self, name: str) -> Bucket:
+        for b in self.buckets:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
     def queue(self, name: str) -> Queue:
         for q in self.queues:
             if q.name == name:
@@ -184,7 +201,7 @@ class Topology:
         if len(buckets) != len(self.buckets):
             raise ValueError("duplicate bucket names")
         for f in self.functions:
-            for b in f.buckets:
+            for b in f.buckets + tuple(name for name, _ in f.reads_buckets):
                 if b not in buckets:
                     raise ValueError(f"{f.name}: unknown bucket {b}")
         if self.authorizer is not None and self.authorizer not in functions:
@@ -270,7 +287,7 @@ TOPOLOGY = Topology(
         Queue("rag_ingest", visibility_timeout_s=960, max_receive_count=3),
         # Verifiable work (ig3.audit): one job per sampled/suspect completed task, re-scored by the audit
         # function; 6x its timeout (AWS's advice for SQS event sources). Unauditable jobs end in the DLQ.
-        Queue("audit", visibility_timeout_s=720, max_receive_count=5),
+        Queue("audit", visibility_timeout_s=1800, max_receive_count=5),
         Queue("audit_outcomes", visibility_timeout_s=60),  # EventBridge rule: AuditCompleted/IntegrityFault
     ),
     functions=(
@@ -380,11 +397,16 @@ TOPOLOGY = Topology(
                  secrets=("telegram_bot", "jwt_signing_keys"), secrets_written=("telegram_bot",),
                  extras=("telegram", "tokens"), timeout_s=300, internet=True),
         # Verifiable work (ig3.audit): audit jobs re-scored by the reference llama.cpp copy of the pinned
-        # model file (IG3_AUDIT_MODELS_DIR); one job per invocation (a CPU-bound forward pass). Verdicts
-        # fold into reputations in Redis and quarantine devices (DeviceQuarantined events).
+        # model file; one job per invocation (a CPU-bound forward pass). Verdicts fold into reputations in
+        # Redis and quarantine devices (DeviceQuarantined events). A container image (llama-cpp-python
+        # has no manylinux wheel: built from source in infra/cdk/docker/audit.Dockerfile); the model
+        # files come from the models bucket into /tmp on first use (ig3.audit.models), hence the
+        # ephemeral storage; 3,008 MB holds a loaded model of a few GB; the timeout covers a cold
+        # download + load + forward pass.
         Function("audit", "ig3_functions.audit.handler:handler", "functions/audit",
                  triggers=(SqsTrigger("audit", batch_size=1),), publishes_events=True, uses_redis=True,
-                 memory_mb=2048, timeout_s=120),
+                 reads_buckets=(("models", "models/"),), package="image", image="audit",
+                 memory_mb=3008, ephemeral_mb=10240, timeout_s=300),
         # Audit outcomes -> the audit_outcomes table the epoch rewards read (idempotent per audit / fault).
         Function("audit_outcomes", "ig3_functions.billing.audit_outcomes:handler", "functions/billing",
                  triggers=(SqsTrigger("audit_outcomes", batch_size=25, max_batching_window_s=1),),
@@ -450,5 +472,9 @@ TOPOLOGY = Topology(
         # RAG (ig3.rag): Faiss indexes (rag/faiss/) and uploads waiting for ingestion (rag/uploads/).
         Bucket("rag", expire_prefixes=(("rag/uploads/", 14),),
                description="RAG: Faiss indexes and large uploads awaiting ingestion"),
+        # Verifiable work (ig3.audit.s3models): reference GGUF files at models/<sha256>.gguf with their
+        # metadata, published by operators (`ig3 models publish`), read by the audit function only.
+        Bucket("models", versioned=True, env="IG3_AUDIT_MODELS_BUCKET",
+               description="Audit reference models: GGUF files by sha256"),
     ),
 )

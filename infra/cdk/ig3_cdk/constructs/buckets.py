@@ -1,9 +1,12 @@
-"""S3 buckets of the topology (e.g. ``rag``: Faiss indexes and uploads awaiting ingestion).
+"""S3 buckets of the topology (``rag``: Faiss indexes and uploads awaiting ingestion; ``models``: the
+audit function's reference GGUF files by sha256).
 
-Private (all public access blocked, ACLs disabled), S3-managed encryption, TLS enforced. Not
+Private (all public access blocked, ACLs disabled), S3-managed encryption, TLS enforced. ``rag`` is not
 versioned: the Faiss store rewrites its index object on every write (with ``If-Match`` on the
 ETag for optimistic concurrency), so versions would only multiply the storage; the declared
-``expire_prefixes`` become lifecycle rules (uploads a failed job left behind expire). Retained
+``expire_prefixes`` become lifecycle rules (uploads a failed job left behind expire). ``models`` is
+versioned (``Bucket.versioned``: its objects are written once, by an operator, and an overwrite or
+delete must be recoverable; noncurrent versions expire after 90 days). Retained
 in prod; other stages destroy it with the stack (no auto-delete custom resource: the stateful
 stack runs no Lambda).
 """
@@ -39,10 +42,15 @@ class Buckets(Construct):
                 encryption=s3.BucketEncryption.S3_MANAGED,
                 enforce_ssl=True,
                 object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+                versioned=b.versioned,
                 lifecycle_rules=[
                     s3.LifecycleRule(id=f"expire-{i}", prefix=prefix, expiration=Duration.days(days),
                                      abort_incomplete_multipart_upload_after=Duration.days(1))
-                    for i, (prefix, days) in enumerate(b.expire_prefixes)],
+                    for i, (prefix, days) in enumerate(b.expire_prefixes)] + ([
+                    # Versioned (the models bucket): replaced or deleted objects stay recoverable for 90 days.
+                    s3.LifecycleRule(id="noncurrent", noncurrent_version_expiration=Duration.days(90),
+                                     abort_incomplete_multipart_upload_after=Duration.days(1))]
+                    if b.versioned else []),
                 removal_policy=RemovalPolicy.RETAIN if settings.retain_data else RemovalPolicy.DESTROY)
             Validations.of(bucket).acknowledge(Acknowledgment(
                 id="AwsSolutions-S1",

@@ -8,11 +8,18 @@
   their resources identically on a laptop and in AWS.
 - **Zip or image**: ``package="zip"`` uses the locally bundled asset (``ig3_cdk.packaging``);
   ``package="image"`` a Docker image asset that is only *recorded* at synth — ``cdk deploy``
-  builds and pushes it. Every image runs behind Lambda Web Adapter on the same Dockerfile: one
-  that serves API routes (the llm function) as its own ASGI app in response_stream mode; one fed
-  by a queue (the cloud worker) as ``ig3.lambda_events:app`` in buffered mode, which receives the
-  raw event on ``POST /events`` and calls the topology handler named in ``IG3_EVENT_HANDLER``.
-  (The Lambda Python 3.11 base image is Amazon Linux 2: LiteLLM's hf-xet has no wheel for it.)
+  builds and pushes it. ``Function.image`` names its Dockerfile (``IMAGES``):
+
+  - ``lambda-web-adapter``: images behind Lambda Web Adapter: one that serves API routes (the llm
+    function) as its own ASGI app in response_stream mode; one fed by a queue (the cloud worker) as
+    ``ig3.lambda_events:app`` in buffered mode, which receives the raw event on ``POST /events`` and
+    calls the topology handler named in ``IG3_EVENT_HANDLER``. (The Lambda Python 3.11 base image is
+    Amazon Linux 2: LiteLLM's hf-xet has no wheel for it.)
+  - ``audit``: the Lambda Python 3.11 base image with llama-cpp-python built from source (no manylinux
+    wheel exists) and the edge agent's re-scoring modules; the plain handler, no adapter.
+- Buckets a function only reads (``reads_buckets``: the audit function's models bucket) grant
+  ``s3:GetObject`` (which also authorizes HEAD) under the declared prefix, and ``s3:ListBucket`` on that
+  bucket so a missing key answers 404 rather than 403.
 - Functions with ``uses_redis`` run in the VPC's isolated subnets with the cache-clients
   security group; the others stay out of the VPC (no ENI cold-start cost, no endpoint needed).
 """
@@ -21,7 +28,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from aws_cdk import Acknowledgment, Duration, RemovalPolicy, Stack, Validations
+from dataclasses import dataclass
+
+from aws_cdk import Acknowledgment, Aws, Duration, RemovalPolicy, Size, Stack, Validations
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as event_targets
@@ -38,7 +47,31 @@ from ig3_cdk.packaging import (CORE_EXCLUDED, CORE_PACKAGE, REPO, Artifact, Pack
                                handler_package_dir, lambda_handler)
 from ig3_cdk.settings import StageSettings
 
-DOCKERFILE = Path(__file__).resolve().parents[2] / "docker" / "lambda-web-adapter.Dockerfile"
+DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
+DOCKERFILE = DOCKER_DIR / "lambda-web-adapter.Dockerfile"
+EDGE_PACKAGE = REPO / "edge" / "greengrass" / "ig3_edge"
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """What one kind of image's build context holds (``Function.image`` picks it)."""
+
+    groups: tuple[str, ...]  # pyproject groups on top of core and the function's extras
+    requirements: tuple[str, ...] = ()  # further distributions (and their closure), pinned from the lock
+    edge_files: tuple[str, ...] = ()  # ig3_edge modules the image carries
+    build_files: tuple[str, ...] = ()  # more files from infra/cdk/docker (build-only locks)
+    web_adapter: bool = True
+
+
+IMAGES = {
+    "lambda-web-adapter": ImageRecipe(groups=("llm",)),
+    # The audit function: ig3_edge.scoring.Rescorer over llama.cpp, the GGUF header reader, nothing else of
+    # the agent (no MQTT, no Greengrass SDK, no eth-account).
+    "audit": ImageRecipe(groups=(), requirements=("llama-cpp-python", "gguf"),
+                         edge_files=("__init__.py", "scoring.py", "models.py", "backends/__init__.py",
+                                     "backends/base.py", "backends/llama_cpp.py"),
+                         build_files=("audit-build.lock",), web_adapter=False),
+}
 # Event-triggered image functions: the topology handler served to Lambda Web Adapter's pass-through.
 EVENTS_ASGI_APP = "ig3.lambda_events:app"
 IMAGE_BUILD = REPO / "infra" / "cdk" / "build" / "images"
@@ -110,6 +143,8 @@ class Functions(Construct):
             logging_format=lambda_.LoggingFormat.JSON, system_log_level_v2=lambda_.SystemLogLevel.WARN,
             tracing=lambda_.Tracing.ACTIVE, description=f"ig3 {fn.name} ({fn.handler})",
         )
+        if fn.ephemeral_mb != 512:
+            common["ephemeral_storage_size"] = Size.mebibytes(fn.ephemeral_mb)
         if fn.uses_redis:
             network = self.stateful.network
             common.update(vpc=network.vpc, vpc_subnets=network.egress_subnets if fn.internet else network.subnets,
@@ -155,6 +190,9 @@ class Functions(Construct):
             env[queue_env(q)] = st.messaging.queues[q].queue_url
         for b in fn.buckets:
             env[bucket_env(b)] = bucket_name(self.settings.stage, b)
+        for b, _prefix in fn.reads_buckets:
+            spec = next(x for x in self.stateful.topology.buckets if x.name == b)
+            env[spec.variable] = bucket_name(self.settings.stage, b)
         if fn.publishes_events:
             env[BUS_ENV] = st.events.bus.event_bus_name
         if fn.uses_redis:
@@ -169,7 +207,9 @@ class Functions(Construct):
         if fn.manages_iot_things:
             env[IOT_THING_GROUP_ENV] = self.iot_thing_group or ""
             env[IOT_DEVICE_POLICY_ENV] = self.iot_device_policy or ""
-        if fn.package == "image" and fn.name in self.web_functions:
+        if fn.package == "image" and not IMAGES[fn.image].web_adapter:
+            pass  # the Lambda base image's runtime interface client calls the handler itself
+        elif fn.package == "image" and fn.name in self.web_functions:
             env.update({"AWS_LWA_INVOKE_MODE": "response_stream", "AWS_LWA_PORT": LWA_PORT,
                         "AWS_LWA_READINESS_CHECK_PATH": "/", "PORT": LWA_PORT})
         elif fn.package == "image":
@@ -214,6 +254,12 @@ class Functions(Construct):
             # ListBucket only so a missing key answers 404 NoSuchKey (a missing index / upload), not 403.
             role.add_to_policy(iam.PolicyStatement(
                 actions=["s3:ListBucket"], resources=[bucket_objects_arn(self.settings.stage, b)[:-2]]))
+        for b, prefix in fn.reads_buckets:
+            # Read only: objects under the prefix (GetObject authorizes HEAD too), and the listing, so that a
+            # missing object answers 404 NoSuchKey (a model not published yet), not 403.
+            arn = f"arn:{Aws.PARTITION}:s3:::{bucket_name(self.settings.stage, b)}"
+            role.add_to_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[f"{arn}/{prefix}*"]))
+            role.add_to_policy(iam.PolicyStatement(actions=["s3:ListBucket"], resources=[arn]))
         for s in fn.secrets:
             st.secrets.secrets[s].grant_read(role)
         for s in fn.secrets_written:
@@ -262,6 +308,12 @@ class Functions(Construct):
                 id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::ig3-{self.settings.stage}-{b}-"
                    "<AWS::AccountId>-<AWS::Region>/*]",
                 reason=f"the {b} bucket's object keys are per collection / per upload, made at run time"))
+        for b, prefix in fn.reads_buckets:
+            v.acknowledge(Acknowledgment(
+                id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::ig3-{self.settings.stage}-{b}-"
+                   f"<AWS::AccountId>-<AWS::Region>/{prefix}*]",
+                reason=f"read-only: the {b} bucket's objects are named by content hash (sha256), known only "
+                       "when a job pins one"))
         if fn.manages_iot_things:
             for res in ("thing/*", "cert/*"):
                 v.acknowledge(Acknowledgment(
@@ -275,12 +327,15 @@ class Functions(Construct):
         ``DockerImageCode.from_image_asset`` only fingerprints the directory at synth; Docker runs
         when ``cdk deploy`` publishes the asset.
         """
+        recipe = IMAGES[fn.image]
         ctx = IMAGE_BUILD / fn.name
         shutil.rmtree(ctx, ignore_errors=True)
         ctx.mkdir(parents=True)
-        shutil.copy2(DOCKERFILE, ctx / "Dockerfile")
-        groups = tuple(dict.fromkeys(("llm", *fn.extras)))
-        (ctx / "requirements.txt").write_text(self.packager.image_requirements(groups))
+        shutil.copy2(DOCKER_DIR / f"{fn.image}.Dockerfile", ctx / "Dockerfile")
+        for name in recipe.build_files:
+            shutil.copy2(DOCKER_DIR / name, ctx / name)
+        groups = tuple(dict.fromkeys((*recipe.groups, *fn.extras)))
+        (ctx / "requirements.txt").write_text(self.packager.image_requirements(groups, recipe.requirements))
 
         def ignore(directory: str, names: list[str]) -> list[str]:
             drop = [n for n in names if n == "__pycache__" or n.endswith(".pyc")]
@@ -296,9 +351,16 @@ class Functions(Construct):
             if (parent / "__init__.py").is_file():
                 shutil.copy2(parent / "__init__.py", ctx / dest / "__init__.py")
             parent, dest = parent.parent, dest.parent
+        for rel in recipe.edge_files:
+            (ctx / "ig3_edge" / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(EDGE_PACKAGE / rel, ctx / "ig3_edge" / rel)
         platform = ecr_assets.Platform.LINUX_ARM64 if self.settings.architecture == "arm64" \
             else ecr_assets.Platform.LINUX_AMD64
+        if not recipe.web_adapter:
+            self.images[fn.name] = {"context": ctx, "app": None, "image": fn.image}
+            return lambda_.DockerImageCode.from_image_asset(
+                str(ctx), platform=platform, cmd=[lambda_handler(fn.handler)])
         app = fn.handler if fn.name in self.web_functions else EVENTS_ASGI_APP
-        self.images[fn.name] = {"context": ctx, "app": app}
+        self.images[fn.name] = {"context": ctx, "app": app, "image": fn.image}
         return lambda_.DockerImageCode.from_image_asset(
             str(ctx), platform=platform, build_args={"ASGI_APP": app, "PORT": LWA_PORT})

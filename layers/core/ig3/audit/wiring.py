@@ -6,7 +6,12 @@
   not declare an audit queue yet) dispatch still records every reputation signal (successes,
   failures, timeouts, signature failures, model-hash mismatches) and quarantines on them, but
   samples no audits: ``task_completed`` is told there is nowhere to send a job.
-- The reference auditor reads the GGUF files in ``IG3_AUDIT_MODELS_DIR`` (by sha256).
+- The reference auditor's model files (``reference_models``), by sha256:
+  ``IG3_AUDIT_MODELS_DIR`` (a local directory: ``ig3 up``, tests) wins; else ``IG3_AUDIT_MODELS_BUCKET``
+  (the models bucket, AWS) with ``IG3_AUDIT_MODELS_PREFIX`` (default ``models/``), fetched on demand into
+  ``IG3_AUDIT_MODELS_CACHE_DIR`` (default ``/tmp/ig3-models``) within ``IG3_AUDIT_MODELS_CACHE_MB``
+  (default 8192); neither: no auditor (jobs are skipped). ``IG3_AUDIT_MAX_LOADED`` models stay loaded
+  (default 1), ``IG3_AUDIT_THREADS`` llama.cpp threads (default 1).
 - The network audit budget: ``IG3_AUDIT_BUDGET_TOKENS`` tokens per UTC day (default 5,000,000).
 """
 
@@ -26,6 +31,38 @@ def reputation_store():
     return RedisReputationStore(get_redis(), prefix=os.environ.get("IG3_LIVE_PREFIX") or "ig3:")
 
 
+def _model_event(name: str, fields: dict) -> None:
+    from ig3.observability import logger, metrics
+
+    metric = {"downloaded": "AuditModelDownloads", "rejected": "AuditModelRejected",
+              "evicted": "AuditModelEvictions"}[name]
+    metrics.add_metric(name=metric, unit="Count", value=1)
+    if name == "downloaded":
+        metrics.add_metric(name="AuditModelDownloadSeconds", unit="Seconds", value=fields["seconds"])
+    (logger.error if name == "rejected" else logger.info)(f"reference model {name}", extra=fields)
+
+
+def reference_models():
+    """The ``ModelStore`` the environment selects, or None (no reference copy in this deployment)."""
+    models_dir = os.environ.get("IG3_AUDIT_MODELS_DIR")
+    if models_dir:
+        from ig3.audit.models import LocalModelStore
+
+        return LocalModelStore.from_dir(models_dir)
+    bucket = os.environ.get("IG3_AUDIT_MODELS_BUCKET")
+    if bucket:
+        from ig3.audit.models import DEFAULT_CACHE_DIR, MODELS_PREFIX, CachedModelStore
+        from ig3.audit.s3models import S3ModelSource
+
+        return CachedModelStore(
+            S3ModelSource(bucket, os.environ.get("IG3_AUDIT_MODELS_PREFIX") or MODELS_PREFIX),
+            cache_dir=os.environ.get("IG3_AUDIT_MODELS_CACHE_DIR") or DEFAULT_CACHE_DIR,
+            max_bytes=int(os.environ.get("IG3_AUDIT_MODELS_CACHE_MB") or "8192") * 2**20,
+            on_event=_model_event,
+        )
+    return None
+
+
 @lru_cache(maxsize=1)
 def audit_service():
     from ig3 import config
@@ -36,12 +73,13 @@ def audit_service():
     from ig3.tasks.wiring import live_state
 
     queue_url = os.environ.get(queue_env("audit"))
-    models_dir = os.environ.get("IG3_AUDIT_MODELS_DIR")
+    models = reference_models()
     auditor = None
-    if models_dir:
+    if models is not None:
         from ig3.audit.rescorer import ReferenceAuditor
 
-        auditor = ReferenceAuditor.from_dir(models_dir)
+        auditor = ReferenceAuditor(models, n_threads=int(os.environ.get("IG3_AUDIT_THREADS") or "1"),
+                                   max_loaded=int(os.environ.get("IG3_AUDIT_MAX_LOADED") or "1"))
     return AuditService(
         store=reputation_store(),
         queue=SqsAuditQueue(queue_url) if queue_url else None,

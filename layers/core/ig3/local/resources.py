@@ -84,7 +84,9 @@ def provision(topology: Topology, *, endpoint_url: str, stage: str = "local", re
             s3.create_bucket(Bucket=name)
         except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
             pass
-        env[bucket_env(b.name)] = name
+        if getattr(b, "versioned", False):
+            s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        env[getattr(b, "variable", None) or bucket_env(b.name)] = name
     # Secrets: the name is what functions read; their contents are bootstrapped by their owners
     # (e.g. ig3.identity.tokens.ensure_signing_secret for the JWT signing keys).
     for secret in getattr(topology, "secrets", ()):
