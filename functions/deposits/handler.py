@@ -2,7 +2,7 @@
 
 Each run reads the blocks that reached N confirmations since the last run (bounded per run)
 and credits native transfers and ERC-20 Transfer logs to the treasury, idempotently by
-(tx hash, log index). web3 is imported here only, never in the shared layer's hot paths.
+(tx hash, log index) over plain JSON-RPC (ig3.billing.deposits.RpcChain; no web3).
 """
 
 from ig3.observability import logger, metrics, tracer

@@ -1,6 +1,11 @@
 """Deposits against web3's in-process chain (EthereumTesterProvider, py-evm): real transactions,
 real blocks and receipts, real logs; reorgs by reverting to a snapshot and mining another branch.
 
+The scanner reads that chain the way it reads a node in production: ``RpcChain`` (ig3.evm.rpc) over
+HTTP JSON-RPC, from a loopback server that hands each request to the test chain (web3's request
+pipeline, which formats params for eth-tester) and answers in the node wire format (hex quantities
+and data). web3 drives the chain from the test side only.
+
 The ERC-20 is a minimal contract assembled below: each call emits a standard
 ``Transfer(address indexed from, address indexed to, uint256 value)`` log with from = caller —
 exactly the log shape the scanner reads from any ERC-20 (it keeps no balances; the scanner
@@ -11,8 +16,19 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
-from ig3.billing.deposits import TRANSFER_TOPIC, DeepReorg, DepositConfig, DepositScanner, MemoryCursorStore
+from ig3.billing.deposits import (
+    TRANSFER_TOPIC,
+    DeepReorg,
+    DepositConfig,
+    DepositScanner,
+    MemoryCursorStore,
+    RpcChain,
+)
 from ig3.billing.pricing import price_book
 from ig3.billing.reconcile import reconcile
 from ig3.billing.service import BillingService
@@ -36,6 +52,61 @@ def transfer_emitter_initcode() -> bytes:
     return init + runtime
 
 
+def _wire(value):
+    """web3's Python-side values -> the JSON-RPC wire format a node sends (hex quantities and data)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return hex(value)
+    if isinstance(value, (bytes, bytearray)):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {k: _wire(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_wire(v) for v in value]
+    raise TypeError(type(value))
+
+
+class ChainRpcServer:
+    """The test chain behind a real HTTP JSON-RPC endpoint on 127.0.0.1."""
+
+    def __init__(self, w3):
+        self.calls: list[str] = []
+        lock = threading.Lock()  # eth-tester is not thread-safe
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.calls.append(req["method"])
+                reply = {"jsonrpc": "2.0", "id": req["id"]}
+                try:
+                    with lock:
+                        reply["result"] = _wire(w3.manager.request_blocking(req["method"], req["params"]))
+                except Exception as exc:  # noqa: BLE001 — a node answers errors as JSON-RPC errors
+                    reply["error"] = {"code": -32000, "message": str(exc)[:200]}
+                body = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture
 def chain():
     from web3 import EthereumTesterProvider, Web3
@@ -50,10 +121,15 @@ def chain():
     impostor = w3.eth.get_transaction_receipt(
         w3.eth.send_transaction({"from": accounts[0], "data": transfer_emitter_initcode()})
     )["contractAddress"]
-    return w3, tester, accounts, token, impostor
+    server = ChainRpcServer(w3)
+    rpc = RpcChain(server.url, timeout_s=10)
+    rpc.server = server
+    yield w3, tester, accounts, token, impostor, rpc
+    rpc.client.close()
+    server.close()
 
 
-def scanner_for(w3, treasury, token, store=None):
+def scanner_for(rpc, treasury, token, store=None):
     svc = BillingService(store or MemoryBillingStore(), price_book())
     config = DepositConfig(
         treasury=treasury.lower(),
@@ -61,7 +137,7 @@ def scanner_for(w3, treasury, token, store=None):
         native_rate=Decimal("1e-12"),
         token_rates={token.lower(): Decimal("0.5")},
     )
-    return DepositScanner(w3, svc, MemoryCursorStore(), config), svc
+    return DepositScanner(rpc, svc, MemoryCursorStore(), config), svc
 
 
 def token_transfer(w3, token, sender, to, value):
@@ -70,9 +146,9 @@ def token_transfer(w3, token, sender, to, value):
 
 
 def test_native_and_erc20_deposits_credit_once_after_n_confirmations(chain):
-    w3, tester, accounts, token, impostor = chain
+    w3, tester, accounts, token, impostor, rpc = chain
     treasury, alice, bob = accounts[9], accounts[1], accounts[2]
-    scanner, svc = scanner_for(w3, treasury, token)
+    scanner, svc = scanner_for(rpc, treasury, token)
     w3.eth.send_transaction({"from": alice, "to": treasury, "value": 2 * ETH})
     token_transfer(w3, token, bob, treasury, 1_000_000)
     token_transfer(w3, token, bob, accounts[3], 5_000)  # not to the treasury
@@ -88,7 +164,7 @@ def test_native_and_erc20_deposits_credit_once_after_n_confirmations(chain):
     assert again.credited == []  # nothing new; the impostor never counts
     assert scanner.scan_once().from_block is None  # caught up
     # Re-scanning everything from scratch (a lost cursor) credits nothing twice.
-    rescan = DepositScanner(w3, svc, MemoryCursorStore(), scanner.config)
+    rescan = DepositScanner(rpc, svc, MemoryCursorStore(), scanner.config)
     rescan.scan_once()
     assert svc.balance(alice).total == 2_000_000 and svc.balance(bob).total == 500_000
     deposits = [e for e in svc.store.iter_entries() if e.kind == "deposit"]
@@ -98,9 +174,9 @@ def test_native_and_erc20_deposits_credit_once_after_n_confirmations(chain):
 
 
 def test_a_reorg_shallower_than_n_drops_the_unconfirmed_deposit(chain):
-    w3, tester, accounts, token, _ = chain
+    w3, tester, accounts, token, _, rpc = chain
     treasury, alice, carol = accounts[9], accounts[1], accounts[5]
-    scanner, svc = scanner_for(w3, treasury, token)
+    scanner, svc = scanner_for(rpc, treasury, token)
     tester.mine_blocks(N)
     scanner.scan_once()
     fork_point = tester.take_snapshot()
@@ -124,9 +200,9 @@ def test_a_reorg_shallower_than_n_drops_the_unconfirmed_deposit(chain):
 
 
 def test_a_reorg_deeper_than_n_stops_the_scanner_for_an_operator(chain):
-    w3, tester, accounts, token, _ = chain
+    w3, tester, accounts, token, _, rpc = chain
     treasury, alice = accounts[9], accounts[1]
-    scanner, svc = scanner_for(w3, treasury, token)
+    scanner, svc = scanner_for(rpc, treasury, token)
     fork_point = tester.take_snapshot()
     w3.eth.send_transaction({"from": alice, "to": treasury, "value": ETH})
     tester.mine_blocks(N + 1)
@@ -142,7 +218,7 @@ def test_deposits_into_dynamodb_with_the_cursor_table(chain, aws_env):
     from ig3.billing.deposits import DynamoCursorStore
     from ig3.billing.dynamo import DynamoBillingStore
 
-    w3, tester, accounts, token, _ = chain
+    w3, tester, accounts, token, _, rpc = chain
     treasury, dave = accounts[8], accounts[6]
     svc = BillingService(DynamoBillingStore.from_env(), price_book())
     cursors = DynamoCursorStore(aws_env["IG3_TABLE_DEPOSIT_CURSORS"])
@@ -154,10 +230,10 @@ def test_deposits_into_dynamodb_with_the_cursor_table(chain, aws_env):
     )
     token_transfer(w3, token, dave, treasury, 4_000)
     tester.mine_blocks(N)
-    s1 = DepositScanner(w3, svc, cursors, config)
+    s1 = DepositScanner(rpc, svc, cursors, config)
     s1.scan_once()
     assert cursors.load(s1.key).block == w3.eth.block_number - N + 1
-    stale = DepositScanner(w3, svc, cursors, config)
+    stale = DepositScanner(rpc, svc, cursors, config)
     stale_cursor = cursors.load(s1.key)
     tester.mine_blocks(2)
     s1.scan_once()
@@ -166,3 +242,18 @@ def test_deposits_into_dynamodb_with_the_cursor_table(chain, aws_env):
     assert cursors.save(stale.key, stale_cursor, previous=None) is False
     assert cursors.load(s1.key).block == w3.eth.block_number - N + 1
     assert svc.balance(dave).total == 2_000
+
+
+def test_the_scanner_reads_the_chain_over_json_rpc(chain):
+    w3, tester, accounts, token, _, rpc = chain
+    treasury, erin = accounts[7], accounts[3]
+    scanner, svc = scanner_for(rpc, treasury, token)
+    assert scanner.chain_id == w3.eth.chain_id  # eth_chainId over HTTP
+    w3.eth.send_transaction({"from": erin, "to": treasury, "value": 3 * ETH})
+    tester.mine_blocks(N)
+    (credit,) = scanner.scan_once().credited
+    assert credit["account"] == erin.lower() and credit["amount"] == 3_000_000
+    assert {"eth_chainId", "eth_blockNumber", "eth_getBlockByNumber", "eth_getTransactionReceipt",
+            "eth_getLogs"} <= set(rpc.server.calls)
+    with pytest.raises(LookupError):
+        rpc.get_block(10**6)  # null from the node: not a block

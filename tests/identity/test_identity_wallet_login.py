@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from ig3.errors import Unauthorized
 from ig3.identity.nonces import MemoryNonceStore, RedisNonceStore
 from ig3.identity.siwe import SiweMessage, parse
-from ig3.identity.wallet_login import SIWE_PURPOSE, SiweRules, SiweVerifier, Web3Eip1271Checker, eip191_hash
+from ig3.identity.wallet_login import SIWE_PURPOSE, SiweRules, SiweVerifier, RpcEip1271Checker, eip191_hash
 
 HOST = "127.0.0.1:8080"
 RULES = SiweRules(domain=HOST, allowed_chain_ids=frozenset({1, 3338}), clock_skew_s=60, max_age_s=600)
@@ -303,7 +303,7 @@ def _contract_msg(wallet: str, nonce: str) -> SiweMessage:
 
 def test_eip1271_contract_wallet_signature_accepted(nonces, contract_wallet):
     rpc, wallet, owner = contract_wallet
-    v = SiweVerifier(RULES, nonces, contract_checker=Web3Eip1271Checker({3338: rpc.url}))
+    v = SiweVerifier(RULES, nonces, contract_checker=RpcEip1271Checker({3338: rpc.url}))
     text = _contract_msg(wallet, nonces.issue(SIWE_PURPOSE, "", 300)).to_text()
     sig = "0x" + owner.sign_message(encode_defunct(text=text)).signature.hex().removeprefix("0x")
     who = v.verify(text, sig)
@@ -312,7 +312,7 @@ def test_eip1271_contract_wallet_signature_accepted(nonces, contract_wallet):
 
 def test_eip1271_signature_by_someone_else_rejected(nonces, contract_wallet):
     rpc, wallet, _ = contract_wallet
-    v = SiweVerifier(RULES, nonces, contract_checker=Web3Eip1271Checker({3338: rpc.url}))
+    v = SiweVerifier(RULES, nonces, contract_checker=RpcEip1271Checker({3338: rpc.url}))
     text = _contract_msg(wallet, nonces.issue(SIWE_PURPOSE, "", 300)).to_text()
     sig = "0x" + Account.create().sign_message(encode_defunct(text=text)).signature.hex().removeprefix("0x")
     with pytest.raises(Unauthorized) as exc:
@@ -322,7 +322,7 @@ def test_eip1271_signature_by_someone_else_rejected(nonces, contract_wallet):
 
 def test_eip1271_not_consulted_without_rpc_for_the_chain(nonces, contract_wallet):
     rpc, wallet, owner = contract_wallet
-    v = SiweVerifier(RULES, nonces, contract_checker=Web3Eip1271Checker({1: rpc.url}))  # not chain 3338
+    v = SiweVerifier(RULES, nonces, contract_checker=RpcEip1271Checker({1: rpc.url}))  # not chain 3338
     text = _contract_msg(wallet, nonces.issue(SIWE_PURPOSE, "", 300)).to_text()
     sig = "0x" + owner.sign_message(encode_defunct(text=text)).signature.hex().removeprefix("0x")
     with pytest.raises(Unauthorized):
@@ -333,7 +333,7 @@ def test_eip1271_not_consulted_without_rpc_for_the_chain(nonces, contract_wallet
 def test_eip1271_rpc_down_is_a_401_not_a_500(nonces):
     owner = Account.create()
     wallet = Account.create().address
-    v = SiweVerifier(RULES, nonces, contract_checker=Web3Eip1271Checker({3338: "http://127.0.0.1:9"}, timeout_s=1))
+    v = SiweVerifier(RULES, nonces, contract_checker=RpcEip1271Checker({3338: "http://127.0.0.1:9"}, timeout_s=1))
     text = _contract_msg(wallet, nonces.issue(SIWE_PURPOSE, "", 300)).to_text()
     sig = "0x" + owner.sign_message(encode_defunct(text=text)).signature.hex().removeprefix("0x")
     with pytest.raises(Unauthorized) as exc:

@@ -112,3 +112,58 @@ def test_edge_artifact_is_the_edge_build(full):
     assert {"ig3_edge/__main__.py", "ig3/wire.py", "requirements-edge.lock"} <= names
     assert not any(n.startswith("ig3/") and n not in ("ig3/__init__.py", "ig3/wire.py") for n in names)
     assert "--hash=sha256:" in lock and "boto3==" not in lock and "litellm==" not in lock
+
+
+EVM_SMOKE = r"""
+from coincurve import PrivateKey
+from ig3.evm.keys import eip191_hash, recover_eip191, address_of_public_key
+from ig3.evm.abi import decode, encode
+k = PrivateKey(b"\x22" * 32)
+s = k.sign_recoverable(eip191_hash(b"m"), hasher=None)
+assert recover_eip191(b"m", s[:64] + bytes([s[64] + 27])) == address_of_public_key(k.public_key.format())
+assert decode(["(bytes,uint32)"], encode(["(bytes,uint32)"], [(b"x", 7)])) == ((b"x", 7),)
+from ig3.evm.rpc import JsonRpcClient
+JsonRpcClient("https://rpc.example/")
+"""
+API_SMOKE = EVM_SMOKE + r"""
+from ig3.did.local import make_device_identity
+from ig3.did.codec import decode_attribute_value, encode_attribute_value
+from ig3.did.verify import verify_did_signature
+import nacl.signing, sr25519, base58
+priv, did, doc = make_device_identity("bundle")
+assert decode_attribute_value(encode_attribute_value(doc)).id == doc.id
+k = PrivateKey(bytes.fromhex(priv[2:]))
+s = k.sign_recoverable(eip191_hash(b"hi"), hasher=None)
+assert verify_did_signature(doc, b"hi", "0x" + (s[:64] + bytes([s[64] + 27])).hex()).startswith(doc.id)
+"""
+
+
+def test_evm_paths_run_from_their_artifacts_without_web3(full, tmp_path):
+    """api, results and deposits run their signature / ABI / JSON-RPC code from their own zips
+    (coincurve, pycryptodome, protobuf, PyNaCl, sr25519 are there); web3 and eth-account are not."""
+    s, _ = full
+    from ig3_cdk.packaging import CACHE
+
+    compute = s.stacks[1].compute
+    runtime = _runtime_sdk(tmp_path)
+    for name, smoke in (("api", API_SMOKE), ("results", EVM_SMOKE), ("deposits", EVM_SMOKE)):
+        fn = CACHE / compute.assets[f"fn-{name}"].key()
+        assert not any((fn / d).exists() for d in ("web3", "eth_account", "eth_abi", "cytoolz")), name
+        paths = [str(fn), str(CACHE / compute.assets["layer-core"].key() / "python"), str(runtime)]
+        code = "import sys; sys.path[:0] = %r\n" % paths + smoke
+        done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin"}, timeout=120)
+        assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
+
+
+def test_bundles_carry_no_test_suites(full):
+    s, _ = full
+    from ig3_cdk.packaging import CACHE
+
+    for name, art in s.stacks[1].compute.assets.items():
+        root = CACHE / art.key()
+        if not root.is_dir():
+            continue
+        tests = [p for p in root.rglob("tests") if p.is_dir()]
+        assert not tests, (name, tests[:3])
+        assert not list(root.rglob("*.pyi")), name

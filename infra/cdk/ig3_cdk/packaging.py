@@ -19,6 +19,9 @@ Design decisions (and why):
   project's core dependencies; a function's zip carries only its handler package plus the
   pyproject groups it names in ``Function.extras`` minus what the layer already has. Heavy
   dependencies (web3, litellm) therefore never land in a shared layer.
+- **Pruned.** Test suites, stubs, headers, static libraries and build tooling of the installed
+  wheels are dropped (``prune``): numpy's tests alone are ~8 MB; shared objects lose their debug
+  sections where this host has a ``strip`` for the target architecture.
 - **boto3/botocore are left to the runtime** (they are ~25 MB unzipped and the Python 3.11
   managed runtime ships them); everything else is pinned.
 - ``mode="source"`` (context ``ig3:bundle=source``) lays out the same files without running pip:
@@ -52,7 +55,16 @@ RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
 # Source paths of the core library that never go to Lambda (the local cloud's moto/MQTT glue).
 CORE_EXCLUDED = ("local",)
 PY_VERSION = "3.11"
-PRUNED_SUFFIXES = frozenset({".c", ".cpp", ".h", ".hpp", ".pyx", ".pxd", ".pyi"})
+PRUNED_SUFFIXES = frozenset({".c", ".cpp", ".h", ".hpp", ".pyx", ".pxd", ".pyi", ".a"})
+# Directories of installed distributions that the runtime never imports: test suites (numpy's alone
+# are ~8 MB) and build-time tooling. Measured per artifact in the size report (issue #9).
+PRUNED_DIR_NAMES = frozenset({"tests", "__pycache__"})
+PRUNED_PATHS = (
+    "numpy/f2py", "numpy/distutils", "numpy/_pyinstaller", "numpy/random/_examples", "numpy/_core/include",
+    "numpy/_core/lib",  # Fortran wrapper generator, build helpers, C headers, static npymath
+    "Crypto/SelfTest",  # pycryptodome's self-test vectors (1.6 MB)
+    "google/_upb/include",
+)
 BUILT: dict[str, int] = {}  # artifact name -> unzipped bytes, for the size report of this process
 LAMBDA_LIMIT_BYTES = 250 * 1024 * 1024
 GOAL_BYTES = 60 * 1024 * 1024
@@ -195,7 +207,7 @@ class Artifact:
     def _compute_key(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps([self.name, self.site_dir, self.machine, self.mode, PY_VERSION,
-                             [p.line() for p in self.pins]]).encode())
+                             [p.line() for p in self.pins], _prune_rules(self.machine)]).encode())
         for src, dest, excl in self.sources:
             h.update(dest.encode())
             _tree_digest(h, src, excl)
@@ -204,7 +216,7 @@ class Artifact:
     def deps_key(self) -> str:
         """The installed dependencies depend on the pins and the target only, not on our sources."""
         return "deps-" + hashlib.sha256(json.dumps(
-            [self.machine, PY_VERSION, [p.line() for p in self.pins]]).encode()).hexdigest()
+            [self.machine, PY_VERSION, [p.line() for p in self.pins], _prune_rules(self.machine)]).encode()).hexdigest()
 
     def build(self, out: Path) -> None:
         """Lay the artifact out in ``out``: cached dependencies (pip runs once per pin set) + sources."""
@@ -240,12 +252,57 @@ class Artifact:
         req.unlink()
         if done.returncode != 0:
             raise RuntimeError(f"pip failed for {self.name}:\n{done.stderr[-4000:]}")
-        # Console scripts and build inputs (C/Cython sources, headers, stubs) the runtime never reads.
-        for junk in site.glob("bin"):
-            shutil.rmtree(junk)
-        for path in site.rglob("*"):
-            if path.is_file() and path.suffix in PRUNED_SUFFIXES:
-                path.unlink()
+        prune(site, self.machine)
+
+
+def strip_tool(machine: str) -> str | None:
+    """A binutils ``strip`` that reads ``machine``'s ELF files, if this host has one."""
+    import platform
+
+    candidates = [f"{machine}-linux-gnu-strip"] + (["strip"] if platform.machine() == machine else [])
+    for name in candidates:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _prune_rules(machine: str) -> list:
+    """Part of the cache keys: a change to what is pruned (or a strip appearing) rebuilds the bundles."""
+    return [sorted(PRUNED_SUFFIXES), sorted(PRUNED_DIR_NAMES), list(PRUNED_PATHS), bool(strip_tool(machine))]
+
+
+def prune(site: Path, machine: str) -> None:
+    """Drop what Lambda never reads from installed distributions: console scripts, build inputs
+    (C/Cython sources, headers, stubs, static libraries), test suites and build tooling; and the
+    debug sections of shared objects (``strip --strip-debug``, where this host has a strip for the
+    target: measured 5 MB on x86_64 over numpy, faiss, coincurve and pycryptodome). Symbol tables
+    stay (``--strip-unneeded`` on auditwheel/patchelf-rewritten libraries is a known way to break them).
+    """
+    for junk in site.glob("bin"):
+        shutil.rmtree(junk)
+    for rel in PRUNED_PATHS:
+        shutil.rmtree(site / rel, ignore_errors=True)
+    for path in sorted(site.rglob("*"), key=lambda p: len(p.parts)):
+        if not path.exists() or path.is_symlink():
+            continue
+        if path.is_dir() and path.name in PRUNED_DIR_NAMES and path.parent != site:
+            shutil.rmtree(path)
+        elif path.is_file() and path.suffix in PRUNED_SUFFIXES:
+            path.unlink()
+    tool = strip_tool(machine)
+    if tool is None:
+        return
+    for path in site.rglob("*.so*"):
+        if not path.is_file() or path.is_symlink() or not path.read_bytes()[:4] == b"\x7fELF":
+            continue
+        stripped = path.with_name(path.name + ".stripped")
+        done = subprocess.run([tool, "--strip-debug", "-o", str(stripped), str(path)], capture_output=True)
+        if done.returncode == 0 and stripped.stat().st_size < path.stat().st_size:
+            shutil.copymode(path, stripped)
+            stripped.replace(path)
+        else:
+            stripped.unlink(missing_ok=True)
 
 
 @jsii.implements(ILocalBundling)

@@ -296,7 +296,9 @@ TOPOLOGY = Topology(
                          "device_challenges", "did_registry"),
                  queues=("tasks",), publishes_events=True,
                  uses_redis=True, manages_iot_things=True,
-                 secrets=("jwt_signing_keys",), extras=("identity",),
+                 # evm: SIWE/DID secp256k1 recovery, EIP-1271 and the peaq precompile over JSON-RPC (ig3.evm);
+                 # did: DID documents and ed25519/sr25519 keys; tokens: ES256 JWTs. No web3/eth-account.
+                 secrets=("jwt_signing_keys",), extras=("evm", "did", "tokens"),
                  secrets_written=("jwt_signing_keys",),  # the issuer fills the placeholder key set on first use
                  internet=True),  # peaq DID resolution over JSON-RPC; IoT control plane (registration)
         Function("dispatch", "ig3_functions.dispatch.handler:handler", "functions/dispatch",
@@ -316,7 +318,7 @@ TOPOLOGY = Topology(
                  triggers=(SqsTrigger("results", batch_size=10),), tables=("tasks", "devices"),
                  queues=("tasks", "audit"),  # audit: completed edge work sampled for audit (ig3.audit)
                  publishes_events=True, uses_redis=True,
-                 extras=("identity",)),  # eth-account: result signatures (EIP-191 recovery, coincurve)
+                 extras=("evm",)),  # result signatures: EIP-191 recovery (ig3.evm.keys: coincurve + keccak)
         Function("telemetry", "ig3_functions.telemetry.handler:handler", "functions/telemetry",
                  triggers=(SqsTrigger("telemetry", batch_size=100, max_batching_window_s=1),),
                  tables=("devices",), publishes_events=True, uses_redis=True,
@@ -331,15 +333,16 @@ TOPOLOGY = Topology(
                  tables=("accounts", "ledger", "holds"), schedules=("rate(1 minute)",)),
         Function("deposits", "ig3_functions.deposits.handler:handler", "functions/deposits",
                  tables=("accounts", "ledger", "holds", "deposit_cursors"), schedules=("rate(1 minute)",),
-                 extras=("identity",), timeout_s=120),
+                 extras=("evm",), timeout_s=120),  # blocks/receipts/logs over JSON-RPC (ig3.evm.rpc), EIP-55
         Function("presence", "ig3_functions.billing.presence:handler", "functions/billing",
                  triggers=(SqsTrigger("presence", batch_size=100, max_batching_window_s=1),),
                  tables=("presence",)),
         Function("rewards", "ig3_functions.billing.rewards:handler", "functions/billing",
                  tables=("devices", "accounts", "ledger", "holds", "rewards", "presence", "audit_outcomes"),
                  schedules=("cron(15 2 ? * THU *)",), timeout_s=900, memory_mb=1024),
-        # RAG collections (ig3.rag): its own function for its heavy deps (numpy, faiss-cpu, qdrant-client:
-        # ~145 MB). Embeddings are AI-gateway tasks (TaskService: tasks/devices, queues, IoT, holds);
+        # RAG collections (ig3.rag): its own function for its heavy deps (numpy, faiss-cpu, qdrant-client +
+        # grpcio: ~75 MB unzipped on arm64, over the 60 MB goal: infra/cdk/README.md, package sizes).
+        # Embeddings are AI-gateway tasks (TaskService: tasks/devices, queues, IoT, holds);
         # Qdrant via IG3_QDRANT_URL/IG3_QDRANT_API_KEY, Faiss indexes in S3 via IG3_RAG_BUCKET.
         Function("rag", "ig3_functions.rag.handler:handler", "functions/rag",
                  tables=("rag_collections", "rag_jobs", "tasks", "devices", "accounts", "ledger", "holds"),

@@ -22,7 +22,7 @@ The descriptor lives in a private pool, so it cannot clash with another copy of 
 **Precompile ABI.** ``readAttribute(address,bytes)`` (current runtimes; also registered as
 ``read_attribute(address,bytes)``) and ``read_attribute(bytes32,bytes)`` (older runtimes, keyed
 by the 32-byte account id) return ``Attribute{bytes name; bytes value; uint32 validity;
-uint256 created}``. eth-abi is imported lazily (only the chain path needs it).
+uint256 created}``, coded by ``ig3.evm.abi`` (strict like eth-abi, without its eth-utils/cytoolz weight).
 """
 
 from __future__ import annotations
@@ -221,27 +221,27 @@ def selector(signature: str) -> bytes:
 
 
 def read_attribute_calldata(address: str, name: bytes) -> bytes:
-    from eth_abi import encode
+    from ig3.evm.abi import encode
 
     return selector(READ_ATTRIBUTE_SIG) + encode(["address", "bytes"], [address, name])
 
 
 def read_attribute_legacy_calldata(account_id: bytes, name: bytes) -> bytes:
-    from eth_abi import encode
+    from ig3.evm.abi import encode
 
     return selector(READ_ATTRIBUTE_LEGACY_SIG) + encode(["bytes32", "bytes"], [account_id, name])
 
 
 def encode_attribute_return(attr: Attribute) -> bytes:
     """ABI-encode an Attribute as the precompile returns it (used by local stand-ins and tests)."""
-    from eth_abi import encode
+    from ig3.evm.abi import encode
 
     return encode([ATTRIBUTE_ABI], [(attr.name, attr.value, attr.validity, attr.created)])
 
 
 def decode_attribute_return(data: bytes) -> Attribute:
-    from eth_abi import decode
-    from eth_abi.exceptions import DecodingError
+    from ig3.evm.abi import AbiError as DecodingError
+    from ig3.evm.abi import decode
 
     try:
         ((name, value, validity, created),) = decode([ATTRIBUTE_ABI], data)

@@ -10,7 +10,7 @@ Two forms exist (see the peaq DID pallet and precompile):
 
 Canonical form (used as the device registry key and compared with a document's ``id``): the
 EIP-55 checksummed address for EVM DIDs, and the SS58 string as given (its checksum verified)
-for Substrate DIDs. Pure logic: hashlib, base58 and eth-hash's keccak only.
+for Substrate DIDs. Pure logic: hashlib, base58 and keccak (pycryptodome, ``ig3.evm.keys``) only.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def same_did(a: str, b: str) -> bool:
 
 
 def keccak256(data: bytes) -> bytes:
-    from eth_hash.auto import keccak
+    from ig3.evm.keys import keccak256 as keccak
 
     return keccak(data)
 

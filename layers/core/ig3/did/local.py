@@ -60,12 +60,14 @@ def make_device_identity(
     seed: bytes | str | None = None, *, expires_at: float | None = None
 ) -> tuple[str, str, DidDocument]:
     """-> (private key hex, did, document). Deterministic for a given seed."""
-    from eth_keys import keys
+    from coincurve import PrivateKey
 
-    private = keys.PrivateKey(private_key_from_seed(seed))
-    address = private.public_key.to_checksum_address()
-    doc = evm_document(address, private.public_key.to_compressed_bytes(), expires_at=expires_at)
-    return "0x" + private.to_bytes().hex(), doc.id, doc
+    from ig3.evm.keys import address_of_public_key
+
+    secret = private_key_from_seed(seed)
+    public = PrivateKey(secret).public_key.format(compressed=True)
+    doc = evm_document(address_of_public_key(public), public, expires_at=expires_at)
+    return "0x" + secret.hex(), doc.id, doc
 
 
 def publish_local_document(table: str, doc: DidDocument, *, client: Any | None = None) -> None:

@@ -1,7 +1,8 @@
 """DID resolution — the port (``DidResolver``) and its adapters.
 
-- ``PeaqEvmResolver``: reads the document from a peaq node over its EVM JSON-RPC with web3
-  (imported lazily: ~0.6 s of import kept off every other path). Strategies, in order:
+- ``PeaqEvmResolver``: reads the document from a peaq node over its EVM JSON-RPC
+  (``ig3.evm.rpc``: stdlib HTTP with keep-alive; web3 used to do this, at ~0.6 s of import and
+  ~55 MB in the api function's package for a handful of calls). Strategies, in order:
 
   1. ``eth_call`` to the DID precompile ``0x…0800`` with ``readAttribute(address,bytes)``
      (current runtimes; the precompile maps the EVM address to its Substrate account);
@@ -137,13 +138,13 @@ class PeaqEvmResolver:
         cache_ttl_s: float = 30.0,
         block_time_s: float = 6.0,
         attribute_name: str = "{did}",
-        web3: Any | None = None,
+        client: Any | None = None,
     ):
         self.rpc_url, self.chain_id = rpc_url, int(chain_id)
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.block_time_s = block_time_s
         self.attribute_name = attribute_name
-        self._w3 = web3
+        self._client = client  # an ig3.evm.rpc.JsonRpcClient (built on first use)
         self._cache = TtlCache(cache_ttl_s)
         self._chain_checked = False
         self._unsupported: set[str] = set()
@@ -151,30 +152,27 @@ class PeaqEvmResolver:
 
     # -- plumbing --------------------------------------------------------------------------------
     @property
-    def w3(self) -> Any:
-        if self._w3 is None:
+    def client(self) -> Any:
+        if self._client is None:
             with self._lock:
-                if self._w3 is None:
-                    from web3 import HTTPProvider, Web3
+                if self._client is None:
+                    from ig3.evm.rpc import JsonRpcClient
 
-                    # Our own retry loop (below) decides what is retryable; web3's is off.
-                    provider = HTTPProvider(
-                        self.rpc_url,
-                        request_kwargs={"timeout": self.timeout_s},
-                        exception_retry_configuration=None,
-                    )
-                    self._w3 = Web3(provider)
-        return self._w3
+                    # No retries inside the client: our own loop (below) decides what is retryable.
+                    self._client = JsonRpcClient(self.rpc_url, timeout_s=self.timeout_s)
+        return self._client
 
     def _rpc(self, method: str, params: list) -> Any:
         """One JSON-RPC call with retries on transport errors. Returns the raw response dict."""
+        from ig3.evm.rpc import RpcTransportError
+
         attempt = 0
         while True:
             try:
                 try:
-                    response = self.w3.provider.make_request(method, params)
-                except Exception as exc:  # noqa: BLE001 — requests/aiohttp/web3 wrap errors differently
-                    raise _Transport(type(exc).__name__) from exc
+                    response = self.client.request(method, params)
+                except RpcTransportError as exc:
+                    raise _Transport(str(exc)) from exc
                 err = response.get("error") if isinstance(response, dict) else None
                 if (
                     err
@@ -328,7 +326,7 @@ def _revert_reason(data: Any) -> str:
     if not isinstance(data, str) or not data.startswith("0x08c379a0"):
         return ""
     try:
-        from eth_abi import decode
+        from ig3.evm.abi import decode
 
         return str(decode(["string"], bytes.fromhex(data[10:]))[0])
     except Exception:  # noqa: BLE001

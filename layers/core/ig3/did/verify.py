@@ -19,7 +19,7 @@ registration and DID login (``ig3.identity``) both call it, so the rules live on
 
 Signatures are hex (``0x`` optional). Every failure raises ``ig3.errors.Unauthorized`` with a
 specific ``code``; the caller learns which method matched from the return value.
-Pure logic; eth-account is imported only when a secp256k1 method is tried.
+Pure logic; libsecp256k1 (``ig3.evm.keys``, coincurve) is imported only when a secp256k1 method is tried.
 """
 
 from __future__ import annotations
@@ -140,22 +140,19 @@ def _secp256k1_account(public_key_multibase: str) -> tuple[str, int | None]:
     if m:
         return m.group(2), int(m.group(1))
     key = multibase_key(public_key_multibase, MULTICODEC_SECP256K1)
-    from eth_keys import keys
+    from ig3.evm.keys import address_of_public_key
 
-    if len(key) == 33:
-        return keys.PublicKey.from_compressed_bytes(key).to_checksum_address(), None
-    if len(key) == 65 and key[0] == 4:
-        return keys.PublicKey(key[1:]).to_checksum_address(), None
+    if len(key) == 33 or (len(key) == 65 and key[0] == 4):
+        return address_of_public_key(key), None
     raise ValueError("secp256k1 key must be 33 (compressed) or 65 (uncompressed) bytes")
 
 
 def _recover_eip191(message: bytes, sig: bytes) -> str | None:
-    from eth_account import Account
-    from eth_account.messages import encode_defunct
+    from ig3.evm.keys import recover_eip191
 
     try:
-        return Account.recover_message(encode_defunct(primitive=message), signature=sig)
-    except Exception:  # noqa: BLE001 — eth-keys raises several types for invalid r/s/v
+        return recover_eip191(message, sig)
+    except ValueError:  # r/s/v that recover no key
         return None
 
 

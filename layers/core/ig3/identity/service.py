@@ -66,13 +66,13 @@ def nonce_store():
 
 
 def siwe_verifier():
-    from ig3.identity.wallet_login import SiweRules, SiweVerifier, Web3Eip1271Checker
+    from ig3.identity.wallet_login import RpcEip1271Checker, SiweRules, SiweVerifier
 
     s = settings()
     return _once("siwe", lambda: SiweVerifier(
         SiweRules(domain=s.public_host, allowed_chain_ids=s.siwe_chain_ids, clock_skew_s=s.clock_skew_s,
                   max_age_s=s.nonce_ttl_s + 2 * s.clock_skew_s, require_https=not s.is_local),
-        nonce_store(), contract_checker=Web3Eip1271Checker(s.rpc_urls) if s.rpc_urls else None))
+        nonce_store(), contract_checker=RpcEip1271Checker(s.rpc_urls) if s.rpc_urls else None))
 
 
 def authorizer():

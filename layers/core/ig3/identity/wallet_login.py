@@ -5,10 +5,11 @@ signature next; the nonce is consumed LAST, atomically, and only for a message w
 is valid — so nobody can burn another user's nonce with a forged message, and of two
 concurrent logins with the same signed message exactly one succeeds.
 
-Signatures: EIP-191 ``personal_sign`` recovered with eth-account (imported lazily: it costs
-~0.3-0.8 s to import and only the login path needs it). Contract wallets (EIP-1271) are checked
-with ``isValidSignature(bytes32,bytes)`` over JSON-RPC ``eth_call`` when an RPC URL is configured
-for the message's chain; web3 is imported only there.
+Signatures: EIP-191 ``personal_sign`` recovered with ``ig3.evm.keys`` (libsecp256k1 through
+coincurve, eth-account's acceptance rules; imported on the login path only). Contract wallets
+(EIP-1271) are checked with ``isValidSignature(bytes32,bytes)`` over JSON-RPC ``eth_call``
+(``ig3.evm.rpc``, stdlib HTTP) when an RPC URL is configured for the message's chain. No web3 /
+eth-account: they weighed ~55 MB in the api function's package for these two calls (issue #9).
 
 Every failure is an ``Unauthorized`` with its own ``code``; messages say what was wrong,
 never echo the signature.
@@ -50,18 +51,16 @@ class ContractSignatureChecker(Protocol):
 
 def eip191_hash(text: str) -> bytes:
     """keccak256("\\x19Ethereum Signed Message:\\n" + len(message) + message)."""
-    from Crypto.Hash import keccak
+    from ig3.evm.keys import eip191_hash as hash_bytes
 
-    data = text.encode()
-    return keccak.new(digest_bits=256, data=b"\x19Ethereum Signed Message:\n" + str(len(data)).encode() + data).digest()
+    return hash_bytes(text.encode())
 
 
 def recover_eip191(text: str, signature: bytes) -> str:
-    """The checksummed address whose key produced this personal_sign signature."""
-    from eth_account import Account
-    from eth_account.messages import encode_defunct
+    """The checksummed address whose key produced this personal_sign signature (ValueError if none)."""
+    from ig3.evm.keys import recover_eip191 as recover
 
-    return Account.recover_message(encode_defunct(text=text), signature=signature)
+    return recover(text, signature)
 
 
 def decode_signature(signature: str) -> bytes:
@@ -155,8 +154,8 @@ class SiweVerifier:
         raise Unauthorized("signature was made by another address than the message's", code="invalid_signature")
 
 
-class Web3Eip1271Checker:
-    """EIP-1271 ``isValidSignature(bytes32,bytes)`` over JSON-RPC, one web3 client per chain."""
+class RpcEip1271Checker:
+    """EIP-1271 ``isValidSignature(bytes32,bytes)`` over JSON-RPC ``eth_call``, one client per chain."""
 
     SELECTOR = bytes.fromhex("1626ba7e")
 
@@ -165,29 +164,39 @@ class Web3Eip1271Checker:
         self._timeout = timeout_s
         self._clients: dict[int, Any] = {}
 
-    def _web3(self, chain_id: int) -> Any | None:
+    def _client(self, chain_id: int) -> Any | None:
         if chain_id not in self._urls:
             return None
-        w3 = self._clients.get(chain_id)
-        if w3 is None:
-            from web3 import HTTPProvider, Web3  # lazy: ~0.6 s import, only contract wallets need it
+        client = self._clients.get(chain_id)
+        if client is None:
+            from ig3.evm.rpc import JsonRpcClient
 
-            w3 = self._clients[chain_id] = Web3(HTTPProvider(self._urls[chain_id],
-                                                             request_kwargs={"timeout": self._timeout}))
-        return w3
+            client = self._clients[chain_id] = JsonRpcClient(self._urls[chain_id], timeout_s=self._timeout)
+        return client
 
     def is_valid(self, chain_id: int, address: str, message_hash: bytes, signature: bytes) -> bool:
-        w3 = self._web3(chain_id)
-        if w3 is None:
+        client = self._client(chain_id)
+        if client is None:
             return False
-        from eth_abi import encode
+        from ig3.evm.abi import encode
 
         data = self.SELECTOR + encode(["bytes32", "bytes"], [message_hash, signature])
-        try:
-            result = bytes(w3.eth.call({"to": address, "data": "0x" + data.hex()}))
-        except Exception as exc:  # a revert (e.g. no contract at the address) means "not valid"
-            if type(exc).__name__ in ("ContractLogicError", "ContractCustomError", "ContractPanicError"):
+        # Transport errors propagate (the verifier turns them into "RPC unavailable"), and so do node
+        # errors; a revert (a contract without EIP-1271, a wallet refusing) means "not valid".
+        reply = client.request("eth_call", [{"to": address, "data": "0x" + data.hex()}, "latest"])
+        err = reply.get("error")
+        if err is not None:
+            code = err.get("code") if isinstance(err, dict) else None
+            message = str(err.get("message", "") if isinstance(err, dict) else err).lower()
+            if code == 3 or "revert" in message:
                 return False
-            raise
-        return len(result) >= 4 and result[:4] == EIP1271_MAGIC
+            raise RuntimeError(f"eth_call failed: {message[:200]}")
+        result = reply.get("result")
+        try:
+            raw = bytes.fromhex(result[2:]) if isinstance(result, str) and result.startswith("0x") else b""
+        except ValueError:
+            return False
+        return len(raw) >= 4 and raw[:4] == EIP1271_MAGIC
 
+
+Web3Eip1271Checker = RpcEip1271Checker  # the name it had while web3 made the call
