@@ -14,6 +14,15 @@ for EVALSHA: the server-side share of each round trip). Candidates per decision 
 too: the per-decision cost is O(k log N) with k bounded (see ``ig3.scheduler.live``), so
 latency should stay flat as N grows 100x.
 
+Batched (``Scheduler.place_many``, what the dispatch function does with an SQS batch): the same
+requests in batches of ``--batch`` (default 10, the dispatch queue's batch size) from
+``--threads`` dispatcher threads of one process (default 2: while one thread waits on Redis the
+other decides, so one process — one core, the GIL — keeps busy). Windows of 500 decisions are
+timed wall-clock and released afterwards, untimed. A decision's latency there is its batch's
+wall time. Reported: batched decisions/s (wall), the process's CPU per decision and the cores it
+used (CPU/wall: ≤ 1 means one core did it), Redis's CPU per decision (exact only on
+``--private-server``), and how often a reservation fell through to a later device.
+
 The fleet is synthetic: devices around 60 cities on all continents, 3 regions, 1-4 slots,
 3 models (one on every device, one on a third, one on 1%), two context lengths. Populating
 uses the real heartbeat path (``LiveState.apply_heartbeats``: pipelined Lua scripts).
@@ -113,6 +122,12 @@ def _requests(n: int, seed: int = 2):
     return out
 
 
+def _renamed(req, suffix: str):
+    from dataclasses import replace
+
+    return replace(req, task_id=req.task_id + suffix)
+
+
 def _evalsha_stats(r) -> tuple[int, int]:
     # EVAL/EVALSHA time is the script's whole run, the redis.call()s inside it included.
     stats = r.info("commandstats").get("cmdstat_evalsha", {})
@@ -141,7 +156,7 @@ def _delete_prefix(r, prefix: str) -> None:
         r.unlink(*batch)
 
 
-def run_size(r, n: int, decisions: int, private: bool = False) -> dict:
+def run_size(r, n: int, decisions: int, private: bool = False, batch_size: int = 10, threads: int = 2) -> dict:
     from ig3.scheduler import LiveState, Scheduler, Weights
 
     prefix = f"bench:{uuid.uuid4().hex[:8]}:"
@@ -199,6 +214,11 @@ def run_size(r, n: int, decisions: int, private: bool = False) -> dict:
             r.ping()
         ping_us = (time.perf_counter() - t) / 1000 * 1e6
         ping_cpu_us = (time.process_time() - c) / 1000 * 1e6
+        batched = (
+            run_batched(r, live, sched, [_renamed(q, "b") for q in timed], batch_size, threads, private)
+            if batch_size > 1
+            else {}
+        )
         mean = statistics.fmean(latencies)
         client_cpu_us = statistics.fmean(cpu) * 1e6
         server_us = server_usec / decisions  # may include other clients' scripts: see calls
@@ -228,9 +248,75 @@ def run_size(r, n: int, decisions: int, private: bool = False) -> dict:
             "redis_cpu_us": round(server_cpu_us, 1),
             "candidates_mean": round(statistics.fmean(cands), 1),
             "candidates_max": max(cands),
+            **batched,
         }
     finally:
         _delete_prefix(r, prefix)
+
+
+def run_batched(r, live, sched, reqs, batch: int, threads: int, private: bool, window: int = 500) -> dict:
+    """Batched placement from ``threads`` dispatcher threads of this process (see the docstring)."""
+    import threading
+
+    lat: list[float] = []
+    placed = skipped = misses = 0
+    wall = cpu = server_cpu = 0.0
+    lock = threading.Lock()
+    for start in range(0, len(reqs), window):
+        chunk = reqs[start : start + window]
+        share = [chunk[i::threads] for i in range(threads)]
+        held: list[tuple[str, str]] = []
+        barrier = threading.Barrier(threads + 1)
+
+        def dispatcher(mine):
+            barrier.wait()
+            mine_lat, mine_held, mine_skipped, mine_miss = [], [], 0, 0
+            for b in range(0, len(mine), batch):
+                part = mine[b : b + batch]
+                t = time.perf_counter()
+                outs = sched.place_many(part)
+                d = time.perf_counter() - t
+                mine_lat += [d] * len(part)
+                for q, o in zip(part, outs):
+                    if o.placement is None:
+                        mine_miss += 1
+                    else:
+                        mine_held.append((o.placement.thing, q.task_id))
+                        mine_skipped += len(o.placement.reason.get("skipped") or ())
+            with lock:
+                lat.extend(mine_lat)
+                held.extend(mine_held)
+                nonlocal skipped, misses
+                skipped += mine_skipped
+                misses += mine_miss
+
+        workers = [threading.Thread(target=dispatcher, args=(share[i],)) for i in range(threads)]
+        for w in workers:
+            w.start()
+        cpu0, server0 = time.process_time(), _server_cpu(r)
+        t0 = time.perf_counter()
+        barrier.wait()
+        for w in workers:
+            w.join()
+        wall += time.perf_counter() - t0
+        cpu += time.process_time() - cpu0
+        server_cpu += _server_cpu(r) - server0
+        placed += len(held)
+        for thing, task in held:
+            sched.release(thing, task)
+    n = len(reqs)
+    return {
+        "batch": batch,
+        "threads": threads,
+        "batched_p50_ms": round(_pct(lat, 0.50) * 1e3, 3),
+        "batched_p99_ms": round(_pct(lat, 0.99) * 1e3, 3),
+        "batched_decisions_per_s": round(n / wall),
+        "batched_cpu_us": round(cpu / n * 1e6, 1),
+        "batched_cores": round(cpu / wall, 2),
+        "batched_redis_cpu_us": round(server_cpu / n * 1e6, 1) if private else None,
+        "batched_skipped_per_decision": round(skipped / max(placed, 1), 3),
+        "batched_no_fit": misses,
+    }
 
 
 def _private_server():
@@ -265,6 +351,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--decisions", type=int, default=DECISIONS)
+    parser.add_argument("--batch", type=int, default=10, help="place_many batch size (1: skip the batched run)")
+    parser.add_argument("--threads", type=int, default=2, help="dispatcher threads of the batched run")
     parser.add_argument(
         "--private-server",
         action="store_true",
@@ -278,7 +366,10 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         r = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     try:
-        rows = [run_size(r, int(n), args.decisions, args.private_server) for n in args.sizes.split(",")]
+        rows = [
+            run_size(r, int(n), args.decisions, args.private_server, args.batch, args.threads)
+            for n in args.sizes.split(",")
+        ]
     finally:
         if proc is not None:
             proc.terminate()
@@ -303,6 +394,9 @@ def main(argv: list[str] | None = None) -> dict:
         "no_fit",
         "heartbeats_per_s",
     ]
+    if args.batch > 1:
+        cols += ["batched_p50_ms", "batched_p99_ms", "batched_decisions_per_s", "batched_cpu_us", "batched_cores",
+                 "batched_redis_cpu_us", "batched_skipped_per_decision"]
     print(" | ".join(cols))
     for row in rows:
         print(" | ".join(str(row[c]) for c in cols))

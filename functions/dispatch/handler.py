@@ -1,8 +1,11 @@
 """dispatch function: places PENDING tasks (SQS ``tasks`` queue) on a device or hands them to the
 cloud worker.
 
-The batch's EventBridge events go out together at its end, before any message is acknowledged."""
-from pydantic import BaseModel
+The batch's edge tasks are placed together first (``TaskService.batch_placement``: two Redis round
+trips for the batch, not two per task), then each record is dispatched on its own, with partial
+batch failures. The batch's EventBridge events go out together at its end, before any message is
+acknowledged."""
+from pydantic import BaseModel, ValidationError
 
 from ig3.observability import logger, metrics, tracer
 from ig3.sqs_batch import handle_sqs_batch
@@ -25,8 +28,20 @@ def _record(record):
     logger.info("dispatched", extra={"task_id": msg.task_id, "action": outcome.action})
 
 
+def _task_ids(event) -> list[str]:
+    ids = []
+    for record in event.get("Records") or ():
+        try:
+            ids.append(DispatchMessage.model_validate_json(record.get("body") or "").task_id)
+        except ValidationError:
+            continue  # reported by its own record's handler
+    return ids
+
+
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event, context):
-    return handle_sqs_batch(event, context, _record, events=task_service().events)
+    service = task_service()
+    with service.batch_placement(_task_ids(event)):
+        return handle_sqs_batch(event, context, _record, events=service.events)

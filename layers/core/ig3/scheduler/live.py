@@ -152,6 +152,42 @@ class _Script:
         conn.send_command("EVALSHA", self.sha, 1, key, *args)
         return conn.read_response()
 
+    def pipelined(self, key: str, arg_lists: Sequence[Sequence[Any]]) -> list[Any]:
+        """Several calls of a read-only script in one round trip on the lane (the batch fetch).
+
+        Every reply is read even when one is an error, so the connection stays in step; a NOSCRIPT
+        reloads the script and reruns the whole batch (safe: the script only reads)."""
+        import redis as redis_lib
+
+        conn = self.lane.connection() if self.lane is not None else None
+        if conn is None:
+            return self.run_many(key, arg_lists)
+        for attempt in (0, 1):
+            try:
+                conn.send_packed_command(
+                    conn.pack_commands([("EVALSHA", self.sha, 1, key, *args) for args in arg_lists])
+                )
+                replies: list[Any] = []
+                error: Exception | None = None
+                for _ in arg_lists:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis_lib.exceptions.ResponseError as exc:
+                        error = error or exc
+                        replies.append(None)
+            except (redis_lib.exceptions.ConnectionError, redis_lib.exceptions.TimeoutError, OSError):
+                conn.disconnect()
+                if attempt:
+                    raise
+                continue
+            if error is None:
+                return replies
+            if isinstance(error, redis_lib.exceptions.NoScriptError) and not attempt:
+                self.sha = _s(self.redis.script_load(self.source))
+                continue
+            raise error
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def run_many(self, key: str, arg_lists: Iterable[Sequence[Any]]) -> list[Any]:
         import redis as redis_lib
 
@@ -203,11 +239,13 @@ class LiveState:
         self.p = f"{prefix}{HASH_TAG}:"
         self.hb_key = self.p + "hb"
         self._offers: dict[tuple, ModelOffer] = {}
+        self._offer_texts: dict[tuple[str, bytes | str], ModelOffer] = {}
         scripts = lua.scripts(reference_tps=self.reference_tps)
         self._heartbeat = _Script(redis, scripts["HEARTBEAT"])
         lane = _Lane(redis)
         self._fetch = _Script(redis, scripts["FETCH"], lane)
         self._reserve = _Script(redis, scripts["RESERVE"], lane)
+        self._reserve_many = _Script(redis, scripts["RESERVE_MANY"], lane)
         self._release = _Script(redis, scripts["RELEASE"], lane)
         self._expire = _Script(redis, scripts["EXPIRE"])
         self._outcome = _Script(redis, scripts["OUTCOME"])
@@ -431,34 +469,40 @@ class LiveState:
         now: float,
     ) -> tuple[int, list[Candidate]]:
         """(devices with a free slot in the index, bounded candidate list) — one script call."""
+        args = self._fetch_args(model, region, near, top, sample, nearest, offset, now)
+        return self._parse_candidates(model, self._fetch(self.hb_key, args), now)
+
+    def candidates_many(self, queries: Sequence[dict[str, Any]], *, now: float) -> list[tuple[int, list[Candidate]]]:
+        """``candidates`` for several queries (keyword dicts of its arguments) in one round trip."""
+        if not queries:
+            return []
+        arg_lists = [
+            self._fetch_args(q["model"], q["region"], q["near"], q["top"], q["sample"], q["nearest"],
+                             q["offset"], now)
+            for q in queries
+        ]
+        replies = self._fetch.pipelined(self.hb_key, arg_lists)
+        return [self._parse_candidates(q["model"], raw, now) for q, raw in zip(queries, replies)]
+
+    def _fetch_args(self, model, region, near, top, sample, nearest, offset, now) -> list[Any]:
         lat, lon = (repr(near[0]), repr(near[1])) if near is not None else ("", "")
-        raw = self._fetch(
-            self.hb_key,
-            [
-                self.p,
-                repr(now),
-                repr(self.ttl_s),
-                model,
-                region or "",
-                lat,
-                lon,
-                top,
-                sample,
-                nearest,
-                offset,
-            ],
-        )
-        data = orjson.loads(raw)
+        return [self.p, repr(now), repr(self.ttl_s), model, region or "", lat, lon, top, sample, nearest, offset]
+
+    def _parse_candidates(self, model: str, raw: Any, now: float) -> tuple[int, list[Candidate]]:
         horizon = now - self.ttl_s
         out = []
-        for thing, snap, offer in data["rows"]:
+        loads = orjson.loads
+        for i in range(1, len(raw), 3):
+            snap = raw[i + 1]
             if snap is None:  # the index and the snapshots change together: never, but be safe
                 continue
-            cap, inflight, nres, region, lat, lon, tps, status, rel, rep, seen = snap
+            cap, inflight, nres, region, lat, lon, tps, status, rel, rep, seen = loads(snap)
+            offer = raw[i + 2]
+            thing = raw[i]
             # Positional: this runs ~16 times per decision.
             out.append(
                 Candidate(
-                    thing,
+                    thing if thing.__class__ is str else thing.decode(),  # str: a decoding client
                     cap,
                     inflight,
                     nres,
@@ -470,10 +514,19 @@ class LiveState:
                     rep,
                     seen is not None and seen >= horizon,
                     status == "draining",
-                    {model: self._offer(model, offer)} if offer else {},
+                    {model: self._offer_of(model, offer)} if offer is not None else {},
                 )
             )
-        return int(data["total"]), out
+        return int(raw[0]), out
+
+    def _offer_of(self, model: str, raw: bytes | str) -> ModelOffer:
+        # A fleet serves few distinct offers per model: each stored JSON text is parsed once.
+        offer = self._offer_texts.get((model, raw))
+        if offer is None:
+            if len(self._offer_texts) > 4096:
+                self._offer_texts.clear()
+            offer = self._offer_texts[(model, raw)] = self._offer(model, orjson.loads(raw))
+        return offer
 
     def _offer(self, model: str, o: dict) -> ModelOffer:
         # A fleet serves few distinct offers per model: build each once, not per candidate.
@@ -526,6 +579,33 @@ class LiveState:
         position = int(out[1]) if thing is not None else -1
         skipped = [_s(s) for s in out[2 if thing is not None else 1 :]]
         return thing, position, skipped
+
+    def reserve_many(
+        self, items: Sequence[dict[str, Any]], *, now: float
+    ) -> list[tuple[str | None, int, list[str]]]:
+        """``reserve`` for several tasks in one script call, in order (keyword dicts of its
+        arguments: task_id, model, region, order, hold_s, exclude); one result per item."""
+        if not items:
+            return []
+        argv: list[Any] = [self.p, repr(now), repr(self.ttl_s), len(items)]
+        for it in items:
+            excluded = list(it["exclude"])
+            part = [it["task_id"], it["model"], it["region"] or "", repr(float(it["hold_s"])), len(excluded),
+                    *excluded, *it["order"]]
+            argv.append(len(part))
+            argv.extend(part)
+        out = self._reserve_many(self.hb_key, argv)
+        results: list[tuple[str | None, int, list[str]]] = []
+        at = 0
+        for _ in items:
+            n = int(out[at])
+            reply = out[at + 1 : at + 1 + n]
+            at += 1 + n
+            thing = _s(reply[0])
+            position = int(reply[1]) if thing is not None else -1
+            skipped = [_s(x) for x in reply[2 if thing is not None else 1 :]]
+            results.append((thing, position, skipped))
+        return results
 
     def release(self, thing: str, task_id: str, now: float | None = None) -> bool:
         now = time.time() if now is None else now

@@ -98,16 +98,17 @@ local function index_keys(model, region, lat, lon)
   return keys
 end
 
-local function list(thing, d)
-  local f = redis.call('HMGET', d, 'models', 'region', 'lat', 'lon')
+-- `known`: the device's {models, region, lat, lon} when the caller has read them already.
+local function list(thing, d, known)
+  local f = known or redis.call('HMGET', d, 'models', 'region', 'lat', 'lon')
   for _, model in ipairs(split(f[1])) do
     local q = tonumber(redis.call('HGET', d, 'q:' .. model)) or 0
     for _, key in ipairs(index_keys(model, f[2], f[3], f[4])) do redis.call('ZADD', key, q, thing) end
   end
 end
 
-local function unlist(thing, d)
-  local f = redis.call('HMGET', d, 'models', 'region', 'lat', 'lon')
+local function unlist(thing, d, known)
+  local f = known or redis.call('HMGET', d, 'models', 'region', 'lat', 'lon')
   for _, model in ipairs(split(f[1])) do
     for _, key in ipairs(index_keys(model, f[2], f[3], f[4])) do redis.call('ZREM', key, thing) end
   end
@@ -150,14 +151,16 @@ local function purge(thing, now)
   return redis.call('ZCARD', r)
 end
 
+-- The device hash fields settle() works from: SNAP_FIELDS first (1-11), so a change rewrites the
+-- snapshot without reading the hash again; then free, listed, models (12-14).
+local SETTLE_FIELDS = {'cap', 'inflight', 'nres', 'region', 'lat', 'lon', 'tps', 'status', 'rel', 'rep', 'seen',
+                       'free', 'listed', 'models'}
+
 -- Free slots from the last heartbeat and `nres` live reservations; catalogue counters, indexes and
--- the stored fields follow (written only when something changed). Returns the free slots.
-local function settle(thing, nres)
-  local d = P .. 'd:' .. thing
-  -- SNAP_FIELDS first (1-11), so a change rewrites the snapshot without reading the hash again.
-  local f = redis.call('HMGET', d, 'cap', 'inflight', 'nres', 'region', 'lat', 'lon', 'tps', 'status', 'rel',
-                       'rep', 'seen', 'free', 'listed', 'models')
-  if not f[1] then return 0 end
+-- the stored fields follow (written only when something changed). `f`: the device's SETTLE_FIELDS
+-- as read (kept in step with what is written, so a caller can settle the same device again without
+-- re-reading it). Returns the free slots.
+local function settle_fields(thing, d, f, nres)
   local cap, inflight = tonumber(f[1]), tonumber(f[2]) or 0
   local old_free, old_listed = tonumber(f[12]) or 0, f[13]
   local busy = inflight
@@ -171,13 +174,22 @@ local function settle(thing, nres)
   end
   local listed = (free > 0 and f[8] == 'online') and '1' or '0'
   if listed ~= old_listed then
-    if listed == '1' then list(thing, d) else unlist(thing, d) end
+    local known = {f[14], f[4], f[5], f[6]}
+    if listed == '1' then list(thing, d, known) else unlist(thing, d, known) end
   end
   if free ~= old_free or listed ~= old_listed or nres ~= tonumber(f[3]) then
     redis.call('HSET', d, 'nres', nres, 'free', free, 'listed', listed)
     write_snap(thing, f, nres)
+    f[3], f[12], f[13] = tostring(nres), tostring(free), listed
   end
   return free
+end
+
+local function settle(thing, nres)
+  local d = P .. 'd:' .. thing
+  local f = redis.call('HMGET', d, unpack(SETTLE_FIELDS))
+  if not f[1] then return 0 end
+  return settle_fields(thing, d, f, nres)
 end
 
 local function refresh(thing, now)
@@ -320,7 +332,7 @@ return 1
 )
 
 # ARGV: P, now, ttl, model, region ('' none), lat ('' none), lon, n_top, n_rand, n_near, offset
-# -> JSON {"total": devices in the free index, "rows": [[thing, snapshot (see snap()), offer], ...]}
+# -> {devices in the free index, then per candidate: thing, snapshot (see snap()) or nil, offer JSON or nil}
 FETCH = (
     COMMON
     + r"""
@@ -378,77 +390,119 @@ if n_near > 0 and ARGV[6] ~= '' then
   end
 end
 local total = redis.call('ZCARD', fkey)
-if #things == 0 then return '{"total":' .. total .. ',"rows":[]}' end
--- Two reads for all candidates; the reply is assembled as JSON text from stored JSON fragments
--- (thing names are topic-safe, so they need no escaping).
+if #things == 0 then return {total} end
+-- Two reads for all candidates, returned flat as {total, thing, snapshot, offer, thing, ...}: the
+-- stored JSON fragments go out as they are (no string building here; a missing one is nil).
 local snaps = redis.call('HMGET', P .. 'snap', unpack(things))
 local offers = redis.call('HMGET', P .. 'om:' .. model, unpack(things))
-local rows = {}
+local out = {total}
 for k, t in ipairs(things) do
-  rows[k] = '["' .. t .. '",' .. (snaps[k] or 'null') .. ',' .. (offers[k] or 'null') .. ']'
+  out[3 * k - 1] = t
+  out[3 * k] = snaps[k]
+  out[3 * k + 1] = offers[k]
 end
-return '{"total":' .. total .. ',"rows":[' .. table.concat(rows, ',') .. ']}'
+return out
 """
 )
+
+# One task's reservation, shared by RESERVE and RESERVE_MANY: `args` is the task's slice of ARGV,
+# {task, model, region ('' none), hold_s, n_excluded, excluded..., candidates...}; returns
+# {thing, index in candidates (0 = idempotent repeat), skipped...} or {false, skipped...}.
+_RESERVE_ONE = r"""
+local function reserve_one(now, ttl, a)
+  local task, model, region, hold = a[1], a[2], a[3], tonumber(a[4])
+  local n_excl = tonumber(a[5])
+  local excluded = {}
+  for i = 6, 5 + n_excl do excluded[a[i]] = true end
+  local tk = P .. 't:' .. task
+
+  -- One read per device tried: SETTLE_FIELDS plus the model's offer (15), reused to settle it.
+  local function usable(thing)
+    local f = redis.call('HMGET', P .. 'd:' .. thing, 'cap', 'inflight', 'nres', 'region', 'lat', 'lon', 'tps',
+                         'status', 'rel', 'rep', 'seen', 'free', 'listed', 'models', 'o:' .. model)
+    if not f[1] or not f[11] or tonumber(f[11]) < now - ttl then return nil end
+    if f[8] ~= 'online' or not f[15] then return nil end
+    if region ~= '' and f[4] ~= region then return nil end
+    return f
+  end
+
+  -- A task holds at most one reservation: a repeated place() (at-least-once delivery) gets the
+  -- same device back; a place() that excludes the holder moves the reservation.
+  local prev = redis.call('GET', tk)
+  if prev then
+    local still = redis.call('ZSCORE', P .. 'res:' .. prev, task)
+    if still and tonumber(still) > now and not excluded[prev] and usable(prev) then
+      redis.call('ZADD', P .. 'res:' .. prev, now + hold, task)
+      redis.call('ZADD', P .. 'holds', now + hold, prev .. '\t' .. task)
+      redis.call('SET', tk, prev, 'PX', math.ceil(hold * 1000))
+      return {prev, 0}
+    end
+    if still then
+      redis.call('ZREM', P .. 'res:' .. prev, task)
+      redis.call('ZREM', P .. 'holds', prev .. '\t' .. task)
+      refresh(prev, now)
+    end
+    redis.call('DEL', tk)
+  end
+
+  local skipped = {}
+  for i = 6 + n_excl, #a do
+    local thing = a[i]
+    local f = not excluded[thing] and usable(thing)
+    if f then
+      local d = P .. 'd:' .. thing
+      local nres = purge(thing, now)
+      if settle_fields(thing, d, f, nres) > 0 then
+        local added = redis.call('ZADD', P .. 'res:' .. thing, now + hold, task)
+        redis.call('ZADD', P .. 'holds', now + hold, thing .. '\t' .. task)
+        redis.call('SET', tk, thing, 'PX', math.ceil(hold * 1000))
+        settle_fields(thing, d, f, nres + added)
+        local out = {thing, i - 5 - n_excl}
+        for _, s in ipairs(skipped) do out[#out + 1] = s end
+        return out
+      end
+    end
+    skipped[#skipped + 1] = thing
+  end
+  local out = {false}
+  for _, s in ipairs(skipped) do out[#out + 1] = s end
+  return out
+end
+"""
 
 # ARGV: P, now, ttl, hold_s, task, model, region ('' none), n_excluded, excluded..., candidates...
 # -> {thing, index in candidates (0 = idempotent repeat), skipped...} or {false, skipped...}
 RESERVE = (
     COMMON
+    + _RESERVE_ONE
     + r"""
-local now, ttl, hold, task, model, region = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
-  ARGV[5], ARGV[6], ARGV[7]
-local n_excl = tonumber(ARGV[8])
-local excluded = {}
-for i = 9, 8 + n_excl do excluded[ARGV[i]] = true end
-local tk = P .. 't:' .. task
+local a = {ARGV[5], ARGV[6], ARGV[7], ARGV[4]}
+for i = 8, #ARGV do a[#a + 1] = ARGV[i] end
+return reserve_one(tonumber(ARGV[2]), tonumber(ARGV[3]), a)
+"""
+)
 
-local function usable(thing)
-  local f = redis.call('HMGET', P .. 'd:' .. thing, 'seen', 'status', 'o:' .. model, 'region')
-  if not f[1] or tonumber(f[1]) < now - ttl then return false end
-  if f[2] ~= 'online' or not f[3] then return false end
-  if region ~= '' and f[4] ~= region then return false end
-  return true
+# A batch of reservations in one call (Scheduler.place_many: one SQS batch of dispatch work), each
+# exactly as RESERVE would make it, in order — so a device that an earlier task of the batch filled
+# is skipped by a later one, as between two separate calls.
+# ARGV: P, now, ttl, n_tasks, then per task: n_args, {task, model, region, hold_s, n_excluded,
+#       excluded..., candidates...}
+# -> per task, concatenated: n_out, then RESERVE's reply for it (false for "none")
+RESERVE_MANY = (
+    COMMON
+    + _RESERVE_ONE
+    + r"""
+local now, ttl, n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local out, at = {}, 5
+for _ = 1, n do
+  local len = tonumber(ARGV[at])
+  local a = {}
+  for i = 1, len do a[i] = ARGV[at + i] end
+  at = at + len + 1
+  local r = reserve_one(now, ttl, a)
+  out[#out + 1] = #r
+  for _, v in ipairs(r) do out[#out + 1] = v end
 end
-
--- A task holds at most one reservation: a repeated place() (at-least-once delivery) gets the
--- same device back; a place() that excludes the holder moves the reservation.
-local prev = redis.call('GET', tk)
-if prev then
-  local still = redis.call('ZSCORE', P .. 'res:' .. prev, task)
-  if still and tonumber(still) > now and not excluded[prev] and usable(prev) then
-    redis.call('ZADD', P .. 'res:' .. prev, now + hold, task)
-    redis.call('ZADD', P .. 'holds', now + hold, prev .. '\t' .. task)
-    redis.call('SET', tk, prev, 'PX', math.ceil(hold * 1000))
-    return {prev, 0}
-  end
-  if still then
-    redis.call('ZREM', P .. 'res:' .. prev, task)
-    redis.call('ZREM', P .. 'holds', prev .. '\t' .. task)
-    refresh(prev, now)
-  end
-  redis.call('DEL', tk)
-end
-
-local skipped = {}
-for i = 9 + n_excl, #ARGV do
-  local thing = ARGV[i]
-  if not excluded[thing] and usable(thing) then
-    local nres = purge(thing, now)
-    if settle(thing, nres) > 0 then
-      local added = redis.call('ZADD', P .. 'res:' .. thing, now + hold, task)
-      redis.call('ZADD', P .. 'holds', now + hold, thing .. '\t' .. task)
-      redis.call('SET', tk, thing, 'PX', math.ceil(hold * 1000))
-      settle(thing, nres + added)
-      local out = {thing, i - 8 - n_excl}
-      for _, s in ipairs(skipped) do out[#out + 1] = s end
-      return out
-    end
-  end
-  skipped[#skipped + 1] = thing
-end
-local out = {false}
-for _, s in ipairs(skipped) do out[#out + 1] = s end
 return out
 """
 )
@@ -541,7 +595,7 @@ def scripts(reference_tps: float) -> dict[str, str]:
     grid = ", ".join(repr(float(g)) for g in GRID_DEGREES)
     return {
         name: globals()[name].replace("__REFERENCE_TPS__", value).replace("__GRID__", grid)
-        for name in ("HEARTBEAT", "FETCH", "RESERVE", "RELEASE", "EXPIRE", "OUTCOME", "REMOVE", "REPUTATION")
+        for name in ("HEARTBEAT", "FETCH", "RESERVE", "RESERVE_MANY", "RELEASE", "EXPIRE", "OUTCOME", "REMOVE", "REPUTATION")
     }
 
 

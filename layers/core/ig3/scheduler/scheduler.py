@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from ig3.scheduler.core import Decision, Placement, PlacementRequest, Weights, decide, explain
+from ig3.scheduler.core import Candidate, Decision, Placement, PlacementRequest, Weights, decide, explain
 from ig3.scheduler.live import LiveState
 from ig3.wire import TASK_ID_RE
 
@@ -55,10 +56,7 @@ class Scheduler:
 
     def place_explained(self, req: PlacementRequest) -> Outcome:
         """``place`` plus the decision record when nothing fits (for the cloud-fallback reason)."""
-        if not TASK_ID_RE.match(req.task_id):  # task ids become key parts and "\t"-joined members
-            raise ValueError(f"invalid task id: {req.task_id!r}")
-        if not req.hold_s > 0:
-            raise ValueError("hold_s must be > 0")
+        self._validate(req)
         w = self.weights
         t_start = time.perf_counter()
         t_fetch = t_reserve = 0.0
@@ -92,9 +90,87 @@ class Scheduler:
         reason["timing_us"] = _timing(t_start, t_fetch, t_reserve)
         return Outcome(None, reason)
 
+    def place_many(self, reqs: Sequence[PlacementRequest]) -> list[Outcome]:
+        """``place_explained`` for a batch (one SQS batch of dispatch work) in two round trips.
+
+        One pipelined fetch for every request, the pure decisions in order, one reservation script
+        for the whole batch. Decisions see the batch's own earlier winners (their slots counted as
+        reserved), so a batch spreads over devices rather than piling onto one; the script still
+        re-checks every device atomically and falls through to the next in each task's order. A
+        request that needs more than the first candidate page, or whose every device filled up, is
+        finished by ``place_explained`` alone. Outcomes come back in the requests' order.
+        """
+        for req in reqs:
+            self._validate(req)
+        if len(reqs) <= 1:
+            return [self.place_explained(req) for req in reqs]
+        w = self.weights
+        t_start = time.perf_counter()
+        now = self.clock()
+        t0 = time.perf_counter()
+        fetched = self.live.candidates_many(
+            [
+                {"model": r.model, "region": r.region, "near": r.near, "top": w.index_candidates,
+                 "sample": w.random_candidates, "nearest": w.near_candidates, "offset": 0}
+                for r in reqs
+            ],
+            now=now,
+        )
+        t_fetch = time.perf_counter() - t0
+        taken: dict[str, int] = {}  # slots the batch's earlier winners will take, per device
+        decisions: list[Decision | None] = []
+        decide_s: list[float] = []
+        for req, (total, cands) in zip(reqs, fetched):
+            t0 = time.perf_counter()
+            if taken:
+                cands = [_with_reserved(c, taken[c.thing]) if c.thing in taken else c for c in cands]
+            decision = decide(cands, req, w, self.rng)
+            if not decision.order and total > w.index_candidates:
+                decision = None  # filters rejected the first page: paged alone below
+            elif decision.order:
+                winner = decision.order[0].thing
+                taken[winner] = taken.get(winner, 0) + 1
+            decisions.append(decision)
+            decide_s.append(time.perf_counter() - t0)
+        batch = [
+            {"task_id": r.task_id, "model": r.model, "region": r.region, "hold_s": r.hold_s,
+             "exclude": r.exclude, "order": [x.thing for x in d.order]}
+            for r, d in zip(reqs, decisions)
+            if d is not None and d.order
+        ]
+        t0 = time.perf_counter()
+        reserved = iter(self.live.reserve_many(batch, now=now))
+        t_reserve = time.perf_counter() - t0
+        outcomes: list[Outcome] = []
+        for req, decision, own_s in zip(reqs, decisions, decide_s):
+            if decision is None:
+                outcomes.append(self.place_explained(req))
+                continue
+            timing = (t_start, t_fetch, t_reserve, own_s, len(reqs))
+            if not decision.order:
+                reason = explain(decision, req, w, None, ())
+                reason["timing_us"] = _batch_timing(*timing)
+                outcomes.append(Outcome(None, reason))
+                continue
+            thing, position, skipped = next(reserved)
+            if thing is None:  # every device it tried filled up meanwhile: a fresh look, alone
+                outcomes.append(self.place_explained(req))
+                continue
+            placement = self._placement(req, decision, thing, position, skipped, t_start, t_fetch, t_reserve)
+            placement.reason["timing_us"] = _batch_timing(*timing)
+            outcomes.append(Outcome(placement, {}))
+        return outcomes
+
     def release(self, thing: str, task_id: str) -> bool:
         """Give the task's slot back; idempotent (``False`` when nothing was held)."""
         return self.live.release(thing, task_id, now=self.clock())
+
+    @staticmethod
+    def _validate(req: PlacementRequest) -> None:
+        if not TASK_ID_RE.match(req.task_id):  # task ids become key parts and "\t"-joined members
+            raise ValueError(f"invalid task id: {req.task_id!r}")
+        if not req.hold_s > 0:
+            raise ValueError("hold_s must be > 0")
 
     def _decide(self, req: PlacementRequest, now: float) -> tuple[Decision, float]:
         w = self.weights
@@ -146,6 +222,22 @@ class Scheduler:
         return Placement(
             thing=thing, model_hash=model_hash, score=scored.score if scored else 0.0, reason=reason
         )
+
+
+def _with_reserved(c: Candidate, extra: int) -> Candidate:
+    # A copy: the fetched candidate objects are per request, but never mutate what a caller holds.
+    return replace(c, reserved=c.reserved + extra)
+
+
+def _batch_timing(t_start: float, t_fetch: float, t_reserve: float, own_decide_s: float, n: int) -> dict:
+    """A batch member's timing: the batch's wall time and shared round trips, its own decision."""
+    return {
+        "total": round((time.perf_counter() - t_start) * 1e6, 1),
+        "fetch": round(t_fetch * 1e6, 1),
+        "reserve": round(t_reserve * 1e6, 1),
+        "decide": round(own_decide_s * 1e6, 1),
+        "batch": n,
+    }
 
 
 def _timing(t_start: float, t_fetch: float, t_reserve: float) -> dict[str, float]:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +43,8 @@ class Placer(Protocol):
     """What dispatch needs from the scheduler (``ig3.scheduler`` adapts to it)."""
 
     def place(self, task: Task, *, hold_s: float) -> Any | None: ...  # has .thing, .model_hash, .reason
+    # Optional: ``place`` for several (task, hold_s) at once, results in order (TaskService.batch_placement).
+    # def place_many(self, items: list[tuple[Task, float]]) -> list[Any | None]: ...
     def release(self, thing: str, task_id: str) -> bool: ...
     def record_outcome(self, thing: str, ok: bool) -> None: ...
     def serves(self, model: str) -> bool: ...  # any live device has the model (busy or not)
@@ -136,6 +140,9 @@ class TaskService:
     # None: the cloud attempt runs inline, in this process.
     cloud_queue: CloudQueue | None = None
     cloud_claims: CloudClaims | None = None
+    # batch_placement's placements, by task id: (the task as read, its placement or None). Per thread:
+    # the local cloud runs several SQS pollers' handlers in one process, on one service.
+    _batch: threading.local = field(default_factory=threading.local, init=False, repr=False)
 
     # ---------------------------------------------------------------- submit
     def submit(self, spec: TaskSpec, *, account: str, idempotency_key: str | None = None,
@@ -191,40 +198,100 @@ class TaskService:
         return task
 
     # --------------------------------------------------------------- dispatch
+    @contextmanager
+    def batch_placement(self, task_ids: Iterable[str]) -> Iterator[None]:
+        """Place the batch's PENDING edge tasks together, then dispatch them one by one inside the block.
+
+        With a placer that has ``place_many`` (the scheduler: one pipelined candidate fetch and one
+        reservation script for the whole batch, instead of two Redis round trips per task),
+        ``dispatch`` takes its task's placement — and the task as read here — from this batch. A
+        dispatch that finds its task changed meanwhile discards the placement and places alone (a
+        task holds at most one reservation, so that re-uses or moves it: nothing leaks, nothing is
+        released that another dispatch assigned). Placements of tasks whose dispatch never ran are
+        released when the block ends.
+        """
+        place_many = getattr(self.placer, "place_many", None)
+        if place_many is None or getattr(self._batch, "placed", None) is not None:
+            yield
+            return
+        self._batch.placed = {}
+        try:
+            try:
+                self._prefetch(list(dict.fromkeys(task_ids)), place_many)
+            except Exception:  # noqa: BLE001 — each dispatch then places alone (and fails alone)
+                logger.exception("batch placement failed: placing one by one")
+            yield
+        finally:
+            left, self._batch.placed = self._batch.placed, None
+            for task_id, (_task, placement) in left.items():
+                if placement is not None:
+                    self.placer.release(placement.thing, task_id)
+
+    def _prefetch(self, task_ids: list[str], place_many: Callable[..., list[Any]]) -> None:
+        wanted: list[tuple[Task, float]] = []
+        for task_id in task_ids:
+            task = self.store.get(task_id)
+            if task is None or task.status is not TaskStatus.PENDING:
+                continue
+            route, _why, _cloud_ok = self._first_route(task)
+            if route == "edge":
+                wanted.append((task, self._attempt_budget(task) + 30))
+        if not wanted:
+            return
+        placed = self._batch.placed
+        for (task, _hold), placement in zip(wanted, place_many(wanted)):
+            placed[task.task_id] = (task, placement)
+
     def dispatch(self, task_id: str, *, redelivered: bool = False) -> DispatchOutcome:
         """Place a PENDING task. ``redelivered``: this dispatch message came back (SQS receive count
         > 1) — a transition it made may lack its effects (events not taken, a send that failed),
         so those of the state the task is in are replayed (all idempotent)."""
+        batch = getattr(self._batch, "placed", None)
+        prefetched = batch.pop(task_id, None) if batch else None
         for _ in range(MAX_WRITE_RETRIES):
-            task = self.store.get(task_id)
+            if prefetched is not None:  # read by batch_placement a moment ago; a stale copy fails its write
+                task = prefetched[0]
+            else:
+                task = self.store.get(task_id)
             if task is None:
                 return DispatchOutcome("skipped", task)
             if task.status is not TaskStatus.PENDING:
                 if redelivered:
                     self._replay_dispatch_effects(task)
                 return DispatchOutcome("skipped", task)
+            placed, prefetched = prefetched, None
             try:
-                return self._dispatch_pending(task)
+                return self._dispatch_pending(task, placed)
             except StaleWrite:
                 continue
         raise RuntimeError(f"dispatch of {task_id}: too many concurrent writers")
 
-    def _dispatch_pending(self, task: Task) -> DispatchOutcome:
-        now = self.clock()
+    def _first_route(self, task: Task) -> tuple[str | None, str, bool]:
+        """(route, why the cloud if it goes there, whether the cloud may take it) before placing."""
         route = state.choose_route(task, self.settings)
-        placement = None
         cloud_ok = self._cloud_serves(task) and task.constraints.prefer != "edge" and \
             task.cloud_attempts < self.settings.cloud_attempts
         why_cloud = "prefer=cloud" if task.constraints.prefer == "cloud" else \
             f"edge attempts spent ({task.edge_attempts})"
         if route == "edge" and cloud_ok:
             # Straight to the cloud when the edge cannot do it at all (no placement attempted).
-            why_cloud = self._edge_cannot(task)
+            why_cloud = self._edge_cannot(task) or ""
             if why_cloud:
                 route = "cloud"
+        return route, why_cloud, cloud_ok
+
+    def _dispatch_pending(self, task: Task, prefetched: tuple[Task, Any | None] | None = None) -> DispatchOutcome:
+        now = self.clock()
+        route, why_cloud, cloud_ok = self._first_route(task)
+        placement = None
+        if prefetched is not None and (route != "edge" or prefetched[0].version != task.version):
+            # Planned for another state of the task: a placement of this version's own follows.
+            if prefetched[1] is not None and route != "edge" and prefetched[0].version == task.version:
+                self.placer.release(prefetched[1].thing, task.task_id)
+            prefetched = None
         if route == "edge":
             hold_s = self._attempt_budget(task) + 30
-            placement = self.placer.place(task, hold_s=hold_s)
+            placement = prefetched[1] if prefetched is not None else self.placer.place(task, hold_s=hold_s)
             if placement is None:
                 if cloud_ok:
                     route, why_cloud = "cloud", f"no device had a free slot for model {task.model!r}"
