@@ -35,6 +35,7 @@ Run: ``.venv/bin/python bench/bench_scheduler.py [--sizes 1000,10000,100000] [--
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import shutil
@@ -170,6 +171,10 @@ def run_size(r, n: int, decisions: int, private: bool = False, batch_size: int =
         del fleet
         sched = Scheduler(live, Weights(), random.Random(3))
         reqs = _requests(decisions + WARMUP)
+        # What the dispatch function does after its first build (functions/dispatch/handler.py):
+        # start-up's objects leave the collector's generations, so full collections stay short.
+        gc.collect()
+        gc.freeze()
         for req in reqs[:WARMUP]:
             p = sched.place(req)
             if p:
@@ -251,6 +256,7 @@ def run_size(r, n: int, decisions: int, private: bool = False, batch_size: int =
             **batched,
         }
     finally:
+        gc.unfreeze()
         _delete_prefix(r, prefix)
 
 
