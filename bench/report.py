@@ -89,7 +89,7 @@ def _dispatch(fig: dict) -> list[Row]:
         tag = f", events {mode}" if mode else ""
         rows += [(f"dispatch throughput (handler){tag}", "tasks/s", f["dispatch_per_s_handler"], None),
                  (f"per dispatch p50 / p99{tag}", "ms", f"{f['dispatch_p50_ms']} / {f['dispatch_p99_ms']}", None),
-                 (f"share of dispatch time in the scheduler{tag}", "%", round(f["place_share"] * 100, 1), None)]
+                 (f"share of handler time in placement{tag}", "%", round(f["place_share"] * 100, 1), None)]
     return rows
 
 
