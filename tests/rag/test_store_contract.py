@@ -1,5 +1,7 @@
-"""The VectorStore contract: Qdrant (embedded local mode) and Faiss (S3 on the moto server) pass
-the same tests, checked against a brute-force numpy answer on random vectors."""
+"""The VectorStore contract: every adapter — Qdrant through qdrant-client's embedded local mode,
+Qdrant over REST (``QdrantRestStore`` against the stand-in server, tests/rag/qdrant_standin.py),
+Faiss on S3 in the moto server with the numpy flat index and with real faiss — passes the same
+tests, checked against a brute-force numpy answer on random vectors."""
 
 from __future__ import annotations
 
@@ -106,11 +108,12 @@ def test_bool_and_int_filters_stay_apart(store):
     assert [h.id for h in store.query(space, [1, 1, 0, 0], top_k=5, filter={"m.f": [1]})] == ["b"]
 
 
-def test_faiss_index_persists_in_s3_and_concurrent_writers_both_land(rag_bucket):
+@pytest.mark.parametrize("engine", ["numpy", "faiss"])
+def test_faiss_index_persists_in_s3_and_concurrent_writers_both_land(rag_bucket, engine):
     s3, bucket = rag_bucket
     prefix = f"p{uuid.uuid4().hex[:6]}/"
-    a = FaissS3Store(bucket, client=s3, prefix=prefix)
-    b = FaissS3Store(bucket, client=s3, prefix=prefix)  # another Lambda container
+    a = FaissS3Store(bucket, client=s3, prefix=prefix, engine=engine)
+    b = FaissS3Store(bucket, client=s3, prefix=prefix, engine=engine)  # another Lambda container
     space = "s" + uuid.uuid4().hex
     a.create(space, DIM, "cosine")
     vectors, payloads = corpus(20)
@@ -119,7 +122,7 @@ def test_faiss_index_persists_in_s3_and_concurrent_writers_both_land(rag_bucket)
     # b's cached copy is now stale: a writes more, then b writes; b must not drop a's points
     a.upsert(space, [Point(f"p{i}", vectors[i], payloads[i]) for i in range(10, 15)])
     b.upsert(space, [Point(f"p{i}", vectors[i], payloads[i]) for i in range(15, 20)])
-    fresh = FaissS3Store(bucket, client=s3, prefix=prefix)
+    fresh = FaissS3Store(bucket, client=s3, prefix=prefix, engine=engine)
     assert fresh.count(space) == 20
     q = vectors[17]
     assert fresh.query(space, q, top_k=1)[0].id == "p17"
@@ -129,12 +132,14 @@ def test_faiss_index_persists_in_s3_and_concurrent_writers_both_land(rag_bucket)
     assert keys == [f"{prefix}{space}.faiss"]
 
 
-def test_faiss_revalidation_interval_bounds_staleness(rag_bucket):
+@pytest.mark.parametrize("engine", ["numpy", "faiss"])
+def test_faiss_revalidation_interval_bounds_staleness(rag_bucket, engine):
     s3, bucket = rag_bucket
     prefix = f"r{uuid.uuid4().hex[:6]}/"
-    writer = FaissS3Store(bucket, client=s3, prefix=prefix)
-    lazy = FaissS3Store(bucket, client=s3, prefix=prefix, revalidate_s=3600)
-    eager = FaissS3Store(bucket, client=s3, prefix=prefix)  # revalidate_s=0: every read checks S3
+    writer = FaissS3Store(bucket, client=s3, prefix=prefix, engine=engine)
+    lazy = FaissS3Store(bucket, client=s3, prefix=prefix, revalidate_s=3600, engine=engine)
+    # revalidate_s=0: every read checks S3
+    eager = FaissS3Store(bucket, client=s3, prefix=prefix, engine=engine)
     space = "s" + uuid.uuid4().hex
     writer.create(space, 4, "dot")
     writer.upsert(space, [Point("a", [1, 0, 0, 0])])

@@ -269,7 +269,35 @@ def strip_tool(machine: str) -> str | None:
 
 def _prune_rules(machine: str) -> list:
     """Part of the cache keys: a change to what is pruned (or a strip appearing) rebuilds the bundles."""
-    return [sorted(PRUNED_SUFFIXES), sorted(PRUNED_DIR_NAMES), list(PRUNED_PATHS), bool(strip_tool(machine))]
+    return [sorted(PRUNED_SUFFIXES), sorted(PRUNED_DIR_NAMES), list(PRUNED_PATHS), bool(strip_tool(machine)),
+            STRIP_RULES]
+
+
+# Bumped when what strip may do changes (2: stripped files that break the loader's segment alignment
+# are discarded — auditwheel-grafted libraries, numpy.libs' OpenBLAS and libgfortran among them).
+STRIP_RULES = 2
+
+
+def loadable_segments(data: bytes) -> bool:
+    """False when an ELF64 file has a PT_LOAD segment whose file offset and address disagree modulo
+    its alignment: the dynamic loader refuses it ("ELF load command address/offset not
+    page-aligned"). binutils' strip does that to libraries patchelf rewrote (auditwheel's grafted
+    ``<pkg>.libs/*.so``): measured on numpy 2.2.6's x86_64 wheel, whose import then failed."""
+    import struct
+
+    if data[:4] != b"\x7fELF" or len(data) < 64 or data[4] != 2:
+        return True  # not ELF64: nothing this checks
+    end = "<" if data[5] == 1 else ">"
+    (phoff,) = struct.unpack_from(end + "Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from(end + "HH", data, 0x36)
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if at + 56 > len(data):
+            return False
+        p_type, _, p_offset, p_vaddr, _, _, _, p_align = struct.unpack_from(end + "IIQQQQQQ", data, at)
+        if p_type == 1 and p_align > 1 and p_offset % p_align != p_vaddr % p_align:
+            return False
+    return True
 
 
 def prune(site: Path, machine: str) -> None:
@@ -277,7 +305,9 @@ def prune(site: Path, machine: str) -> None:
     (C/Cython sources, headers, stubs, static libraries), test suites and build tooling; and the
     debug sections of shared objects (``strip --strip-debug``, where this host has a strip for the
     target: measured 5 MB on x86_64 over numpy, faiss, coincurve and pycryptodome). Symbol tables
-    stay (``--strip-unneeded`` on auditwheel/patchelf-rewritten libraries is a known way to break them).
+    stay (``--strip-unneeded`` on auditwheel/patchelf-rewritten libraries is a known way to break them),
+    and a stripped file the loader would refuse (``loadable_segments``: even ``--strip-debug`` breaks
+    the segment alignment of patchelf-rewritten libraries) is discarded for the original.
     """
     for junk in site.glob("bin"):
         shutil.rmtree(junk)
@@ -298,7 +328,8 @@ def prune(site: Path, machine: str) -> None:
             continue
         stripped = path.with_name(path.name + ".stripped")
         done = subprocess.run([tool, "--strip-debug", "-o", str(stripped), str(path)], capture_output=True)
-        if done.returncode == 0 and stripped.stat().st_size < path.stat().st_size:
+        if (done.returncode == 0 and stripped.stat().st_size < path.stat().st_size
+                and loadable_segments(stripped.read_bytes())):
             shutil.copymode(path, stripped)
             stripped.replace(path)
         else:

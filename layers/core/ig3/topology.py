@@ -340,10 +340,10 @@ TOPOLOGY = Topology(
         Function("rewards", "ig3_functions.billing.rewards:handler", "functions/billing",
                  tables=("devices", "accounts", "ledger", "holds", "rewards", "presence", "audit_outcomes"),
                  schedules=("cron(15 2 ? * THU *)",), timeout_s=900, memory_mb=1024),
-        # RAG collections (ig3.rag): its own function for its heavy deps (numpy, faiss-cpu, qdrant-client +
-        # grpcio: ~75 MB unzipped on arm64, over the 60 MB goal: infra/cdk/README.md, package sizes).
+        # RAG collections (ig3.rag): its own function for its numpy (the "rag" group: no faiss, no
+        # qdrant-client/grpcio, which stay in "rag-local": infra/cdk/README.md, package sizes).
         # Embeddings are AI-gateway tasks (TaskService: tasks/devices, queues, IoT, holds);
-        # Qdrant via IG3_QDRANT_URL/IG3_QDRANT_API_KEY, Faiss indexes in S3 via IG3_RAG_BUCKET.
+        # Qdrant over REST via IG3_QDRANT_URL/IG3_QDRANT_API_KEY, Faiss indexes in S3 via IG3_RAG_BUCKET.
         Function("rag", "ig3_functions.rag.handler:handler", "functions/rag",
                  tables=("rag_collections", "rag_jobs", "tasks", "devices", "accounts", "ledger", "holds"),
                  queues=("tasks", "timeouts", "rag_ingest"), publishes_events=True, publishes_iot=True,

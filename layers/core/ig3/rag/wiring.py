@@ -1,11 +1,13 @@
 """Builds the collections service from the environment, once per process.
 
 - ``IG3_TABLE_RAG_COLLECTIONS``: the collection registry (topology table ``rag_collections``).
-- Qdrant: ``IG3_QDRANT_URL`` (+ ``IG3_QDRANT_API_KEY``) for a server, else ``IG3_QDRANT_PATH``
-  for the embedded local mode (the local cloud; ``:memory:`` keeps nothing). Neither: no Qdrant store.
+- Qdrant: ``IG3_QDRANT_URL`` (+ ``IG3_QDRANT_API_KEY``; ``IG3_QDRANT_TIMEOUT_S``, 10) for a server,
+  over its REST API with the standard library (``QdrantRestStore``: no qdrant-client in the Lambda
+  packages), else ``IG3_QDRANT_PATH`` for qdrant-client's embedded local mode (the local cloud;
+  ``:memory:`` keeps nothing; qdrant-client is in the ``rag-local`` group). Neither: no Qdrant store.
 - Faiss: the topology's ``rag`` bucket (``IG3_BUCKET_RAG``; ``IG3_RAG_BUCKET`` overrides it) holding
   the indexes under ``IG3_RAG_PREFIX``; ``IG3_RAG_FAISS_REVALIDATE_S`` (0): how stale a warm
-  function's cached index may be.
+  function's cached index may be. Searched with numpy (``FlatIndex``); faiss is not needed.
 - ``IG3_RAG_DEFAULT_STORE``: the store of collections created without one (default: Qdrant where
   configured, else Faiss).
 - Large uploads: the ``rag_jobs`` table, the ``rag`` bucket (``rag/uploads/``) and the
@@ -30,12 +32,13 @@ def rag_bucket() -> str | None:
 
 
 def stores_from_env() -> dict:
-    from ig3.rag.stores import FaissS3Store, QdrantStore
+    from ig3.rag.stores import FaissS3Store, QdrantRestStore, QdrantStore
 
     stores: dict = {}
     e = os.environ.get
     if e("IG3_QDRANT_URL"):
-        stores["qdrant"] = QdrantStore(url=e("IG3_QDRANT_URL"), api_key=e("IG3_QDRANT_API_KEY") or None)
+        stores["qdrant"] = QdrantRestStore(e("IG3_QDRANT_URL"), api_key=e("IG3_QDRANT_API_KEY") or None,
+                                           timeout_s=float(e("IG3_QDRANT_TIMEOUT_S", "10")))
     elif e("IG3_QDRANT_PATH"):
         stores["qdrant"] = QdrantStore(path=e("IG3_QDRANT_PATH"))
     if rag_bucket():
