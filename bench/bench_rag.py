@@ -1,8 +1,8 @@
 """RAG vector stores: ingestion and query cost per store, Faiss cold load from S3, embedding speed.
 
 Both stores behind the same port (``ig3.rag.stores``): Qdrant in embedded local mode (the local
-cloud's, in memory and on disk; a server's latency adds a network round trip) and Faiss
-persisted to S3 (a moto server in this process; every query revalidates the cached index with
+cloud's, in memory and on disk; a server's latency adds a network round trip) and the Faiss-format
+flat index persisted to S3 (searched by numpy, as in Lambda; one row with faiss itself searching) (a moto server in this process; every query revalidates the cached index with
 one conditional GET, which dominates its latency here; ``revalidate_s`` trades that for
 staleness). Random unit vectors of MiniLM's dimension (384); queries are perturbed copies of
 stored vectors, so the right answer is known and recall@1 is reported next to the speed.
@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(row)
         cached = FaissS3Store("bench-rag", client=s3, revalidate_s=60)
         row, _ = _bench_store("faiss-s3-cached-60s", cached, vectors, queries, truth.tolist())
+        rows.append(row)
+        # The same store with faiss itself searching (dev/test; Lambda runs the numpy engine above):
+        # the flat index's own cost, numpy vs faiss, in the same run.
+        oracle = FaissS3Store("bench-rag", client=s3, revalidate_s=60, engine="faiss")
+        row, _ = _bench_store("faiss-s3-cached-60s-faiss-engine", oracle, vectors, queries, truth.tolist())
         rows.append(row)
         cold = []
         for _ in range(5):  # a new container: fetch + deserialize the whole index

@@ -64,6 +64,14 @@ def _scheduler(fig: dict) -> list[Row]:
         rows.append((f"decision p50 / p99, {r['devices']:,} devices", "ms", f"{r['p50_ms']} / {r['p99_ms']}", None))
     big = fig["scheduler"][-1]
     rows.append((f"decisions/s (one thread), {big['devices']:,} devices", "1/s", big["decisions_per_s"], None))
+    if big.get("batched_decisions_per_s"):
+        tag = f"batches of {big['batch']}, {big['threads']} threads"
+        rows.append((f"decisions/s placed in {tag}, {big['devices']:,} devices", "1/s",
+                     big["batched_decisions_per_s"], None))
+        rows.append((f"batch latency p50 / p99 ({tag}), {big['devices']:,} devices", "ms",
+                     f"{big['batched_p50_ms']} / {big['batched_p99_ms']}", None))
+        rows.append((f"dispatcher CPU per decision in batches, {big['devices']:,} devices", "µs",
+                     big["batched_cpu_us"], None))
     return rows
 
 
