@@ -114,8 +114,8 @@ def test_idle_connection_closed_by_the_server_is_retried_once(node):
     client = JsonRpcClient(node.url)
     client.call("eth_chainId")
     # The server side drops the kept-alive socket while the client is idle.
-    client._local.conn.sock.shutdown(2)  # noqa: SLF001 — simulate the peer's close on our socket
-    client._local.conn.sock = None  # the next request must notice and reconnect
+    client._http._local.conn.sock.shutdown(2)  # noqa: SLF001 — simulate the peer's close on our socket
+    client._http._local.conn.sock = None  # the next request must notice and reconnect
     assert client.call("eth_blockNumber")["method"] == "eth_blockNumber"
 
 

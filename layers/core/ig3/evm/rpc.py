@@ -14,12 +14,12 @@ everything else is the caller's to retry.
 """
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
-import threading
 from typing import Any
 from urllib.parse import urlsplit
+
+from ig3.keepalive_http import KeepAliveHttp
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
@@ -53,53 +53,23 @@ class JsonRpcClient:
             token = base64.b64encode(f"{parts.username or ''}:{parts.password or ''}".encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
         self._ids = itertools.count(1)
-        self._local = threading.local()
+        self._http = KeepAliveHttp(self._host, self._port, https=self._https, timeout_s=timeout_s,
+                                   max_bytes=MAX_RESPONSE_BYTES)
 
-    # -- connection --------------------------------------------------------------------------------
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn, True
-        if self._https:
-            import ssl
-
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s,
-                                               context=ssl.create_default_context())
-        else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
-        self._local.conn = conn
-        return conn, False
-
+    # -- transport ---------------------------------------------------------------------------------
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            conn.close()
+        self._http.close()
 
     def _post(self, body: bytes) -> bytes:
-        for attempt in (0, 1):
-            conn, reused = self._connection()
-            try:
-                conn.request("POST", self._path, body=body, headers=self._headers)
-                response = conn.getresponse()
-                raw = response.read(MAX_RESPONSE_BYTES + 1)
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self.close()
-                if reused and attempt == 0:
-                    continue  # the server closed an idle kept-alive connection: once more, freshly
-                raise RpcTransportError(f"{type(exc).__name__} from {self._host}") from exc
-            except (OSError, http.client.HTTPException) as exc:  # refused, timeout, TLS, protocol
-                self.close()
-                raise RpcTransportError(f"{type(exc).__name__} from {self._host}") from exc
-            if response.will_close:
-                self.close()
-            if len(raw) > MAX_RESPONSE_BYTES:
-                self.close()
-                raise RpcTransportError("JSON-RPC response too large")
-            if response.status != 200:
-                raise RpcTransportError(f"HTTP {response.status} from {self._host}")
-            return raw
-        raise AssertionError("unreachable")
+        from ig3.keepalive_http import TransportError
+
+        try:
+            status, raw = self._http.send("POST", self._path, body, self._headers)
+        except TransportError as exc:
+            raise RpcTransportError(str(exc)) from exc
+        if status != 200:
+            raise RpcTransportError(f"HTTP {status} from {self._host}")
+        return raw
 
     # -- JSON-RPC ----------------------------------------------------------------------------------
     def request(self, method: str, params: list | dict | None = None) -> dict[str, Any]:

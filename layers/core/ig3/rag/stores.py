@@ -295,56 +295,22 @@ class QdrantRestStore:
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             self._headers["api-key"] = api_key
-        self._local = threading.local()
+        from ig3.keepalive_http import KeepAliveHttp
+
+        self._http = KeepAliveHttp(self._host, self._port, https=self._https, timeout_s=timeout_s,
+                                   max_bytes=MAX_QDRANT_RESPONSE_BYTES)
 
     # -- transport ---------------------------------------------------------------------------------
-    def _connection(self) -> tuple[Any, bool]:
-        import http.client
-
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn, True
-        if self._https:
-            import ssl
-
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s,
-                                               context=ssl.create_default_context())
-        else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
-        self._local.conn = conn
-        return conn, False
-
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            conn.close()
+        self._http.close()
 
     def _send(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
-        import http.client
+        from ig3.keepalive_http import TransportError
 
-        target = self._prefix + path
-        for attempt in (0, 1):
-            conn, reused = self._connection()
-            try:
-                conn.request(method, target, body=body, headers=self._headers)
-                response = conn.getresponse()
-                raw = response.read(MAX_QDRANT_RESPONSE_BYTES + 1)
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self.close()
-                if reused and attempt == 0:
-                    continue  # the server closed an idle kept-alive connection: once more, freshly
-                raise QdrantError(0, f"{type(exc).__name__} from {self._host}:{self._port}") from exc
-            except (OSError, http.client.HTTPException) as exc:  # refused, timeout, TLS, protocol
-                self.close()
-                raise QdrantError(0, f"{type(exc).__name__} from {self._host}:{self._port}: {exc}") from exc
-            if response.will_close:
-                self.close()
-            if len(raw) > MAX_QDRANT_RESPONSE_BYTES:
-                self.close()
-                raise QdrantError(response.status, "response too large")
-            return response.status, raw
-        raise AssertionError("unreachable")
+        try:
+            return self._http.send(method, self._prefix + path, body, self._headers)
+        except TransportError as exc:
+            raise QdrantError(0, str(exc)) from exc
 
     def _call(self, method: str, path: str, body: Any = None, *, space: str | None = None) -> Any:
         """``result`` of Qdrant's envelope; a missing collection (404 on ``space``) is ``SpaceNotFound``."""
