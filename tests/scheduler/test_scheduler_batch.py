@@ -16,18 +16,6 @@ from tests.scheduler.test_scheduler_live import NOW, beat, req, sched, synthetic
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def r(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def live(r, redis_prefix):
-    return LiveState(r, prefix=redis_prefix, ttl_s=30)
-
-
 def _count_round_trips(live, monkeypatch) -> list[int]:
     """Writes to the decision path's own connection (one per round trip: redis-py's send_command
     goes through send_packed_command)."""

@@ -17,18 +17,6 @@ pytestmark = pytest.mark.integration
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture
-def r(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def live(r, redis_prefix):
-    return LiveState(r, prefix=redis_prefix, ttl_s=30)
-
-
 def beat(
     thing,
     *,
