@@ -41,13 +41,18 @@ class MqttIot:
 class DeviceStandIn:
     """Receives DeviceTasks on its topic; streams words as chunks, then reports the result."""
 
-    def __init__(self, url: str, thing: str, service, *, words: list[str], result_delay_s: float = 0.0):
+    def __init__(self, url: str, thing: str, service, *, words: list[str], result_delay_s: float = 0.0,
+                 tail_after_result_s: float | None = None):
         import paho.mqtt.client as mqtt
 
         host, port = url.split("://", 1)[1].rsplit(":", 1)
         self.thing, self.service, self.words = thing, service, words
         self.result_delay_s = result_delay_s
+        # When set: only the first chunk goes before the result; the rest (final included) this
+        # long after it — the terminal record overtaking the stream's tail, made certain.
+        self.tail_after_result_s = tail_after_result_s
         self.tasks: list[DeviceTask] = []
+        self.closed = False
         self.c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=thing)
         self.c.on_message = self._on_message
         self.c.connect(host, int(port))
@@ -62,26 +67,45 @@ class DeviceStandIn:
 
     def _work(self, task: DeviceTask) -> None:
         topic = task_stream_topic(task.id)
-        for i, w in enumerate(self.words):
-            c = StreamChunk(task_id=task.id, attempt=task.attempt, seq=i, delta=w)
-            self.c.publish(topic, c.model_dump_json(), qos=1)
         usage = Usage(prompt_tokens=5, completion_tokens=len(self.words))
-        final = StreamChunk(task_id=task.id, attempt=task.attempt, seq=len(self.words), final=True,
-                            finish_reason="stop", usage=usage)
-        self.c.publish(topic, final.model_dump_json(), qos=1).wait_for_publish(5)
+        chunks = [StreamChunk(task_id=task.id, attempt=task.attempt, seq=i, delta=w) for i, w in enumerate(self.words)]
+        chunks.append(StreamChunk(task_id=task.id, attempt=task.attempt, seq=len(self.words), final=True,
+                                  finish_reason="stop", usage=usage))
+        split = len(chunks) if self.tail_after_result_s is None else 1
+        for c in chunks[:split]:
+            if not self._publish(topic, c):
+                return
         time.sleep(self.result_delay_s)  # the results path (IoT rule -> SQS -> function) can lag
         # The results function's work: apply the result, announce the terminal record on Redis.
         self.service.handle_result(DeviceResult(task_id=task.id, attempt=task.attempt, thing=self.thing, status="ok",
                                                 output=TaskOutput(text="".join(self.words), finish_reason="stop"),
                                                 usage=usage))
+        if split < len(chunks):
+            time.sleep(self.tail_after_result_s)
+            for c in chunks[split:]:
+                if not self._publish(topic, c):
+                    return
+
+    def _publish(self, topic: str, chunk: StreamChunk) -> bool:
+        """Publish and wait for the broker's ack; False once the test has closed the stand-in."""
+        if self.closed:
+            return False
+        try:
+            self.c.publish(topic, chunk.model_dump_json(), qos=1).wait_for_publish(5)
+        except RuntimeError:  # disconnected by close() while this thread was still streaming
+            if not self.closed:
+                raise
+            return False
+        return True
 
     def close(self) -> None:
+        self.closed = True
         self.c.loop_stop()
         self.c.disconnect()
 
 
 @pytest.fixture
-def edge_stack(aws_env, redis_url, redis_prefix, mqtt_url):
+def edge_stack(request, aws_env, redis_url, redis_prefix, mqtt_url):
     import redis as redis_lib
 
     from ig3.config import DispatchSettings, queue_url, table_name
@@ -105,7 +129,9 @@ def edge_stack(aws_env, redis_url, redis_prefix, mqtt_url):
                           iot=iot, queue=SqsTaskQueue(queue_url("tasks"), queue_url("timeouts")),
                           events=MemoryEventPublisher(), notifier=RedisTerminalNotifier(r),
                           settings=DispatchSettings(edge_attempts=2, cloud_attempts=0))
-    device = DeviceStandIn(mqtt_url, thing, service, words=["The ", "answer ", "is ", "42."])
+    marker = request.node.get_closest_marker("device")
+    device = DeviceStandIn(mqtt_url, thing, service, words=["The ", "answer ", "is ", "42."],
+                           **(marker.kwargs if marker else {}))
     hub = MqttStreamHub(mqtt_url)
     backend = TaskServiceEdgeBackend(lambda: service, hub, redis_url)
     yield backend, hub, device, model, live
@@ -155,6 +181,46 @@ def test_stream_chunks_and_terminal_through_the_real_path(edge_stack):
         assert terminal.device == device.thing and terminal.completion_tokens == 4
     assert {t.id for t in device.tasks} == {r[0].task_id for r in results}
     assert all(t.attempt == 1 and t.model == model for t in device.tasks)
+
+
+async def _collect(backend, model):
+    run = await backend.start(_job(model, stream=True))
+    events, t0 = [], time.monotonic()
+    async for ev in run.events():
+        events.append((time.monotonic() - t0, ev))
+        if ev.terminal is not None:
+            break
+    await run.close()
+    await backend.close()
+    return events
+
+
+@pytest.mark.device(tail_after_result_s=0.3)
+def test_a_stream_tail_overtaken_by_the_terminal_record_still_arrives_first(edge_stack):
+    """The terminal record lands on Redis 0.3 s before the device's last chunks reach the broker:
+    the run waits for them (the grace), so every chunk, the final one included, precedes it."""
+    backend, hub, device, model, live = edge_stack
+    events = asyncio.run(_collect(backend, model))
+    chunks = [ev.chunk for _, ev in events if ev.chunk is not None]
+    assert "".join(c.delta for c in chunks) == "The answer is 42."
+    assert [c.seq for c in chunks] == [0, 1, 2, 3, 4] and chunks[-1].final
+    assert events[-1][1].terminal is not None and events[-1][1].terminal.status == "COMPLETED"
+
+
+@pytest.mark.device(tail_after_result_s=3.0)
+def test_a_stream_tail_later_than_the_grace_gives_way_to_the_terminal_record(edge_stack):
+    """Past the grace the terminal record goes out with the chunks that did arrive; the relay
+    completes the answer from its text (test_edge_relay covers that part)."""
+    from ig3.llm.edge import STREAM_TAIL_GRACE_S
+
+    backend, hub, device, model, live = edge_stack
+    events = asyncio.run(_collect(backend, model))
+    chunks = [ev.chunk for _, ev in events if ev.chunk is not None]
+    assert [c.delta for c in chunks] == ["The "]
+    at, last = events[-1]
+    assert last.terminal is not None and last.terminal.text == "The answer is 42."
+    first_chunk_at = events[0][0]
+    assert at - first_chunk_at >= STREAM_TAIL_GRACE_S * 0.9  # it did wait, once, for the tail
 
 
 def test_gateway_over_the_real_adapter(edge_stack, redis_url, redis_prefix):

@@ -248,6 +248,12 @@ def iot_presigned_path(host: str, *, region: str | None = None, credentials: Any
     return path
 
 
+# How long a stream whose terminal record arrived first may take to deliver its remaining chunks.
+# Only spent in that race, and only until the final chunk; the relay completes the answer from
+# the terminal record's text when the grace runs out (``ig3.llm.gateway._relay_edge``).
+STREAM_TAIL_GRACE_S = 1.0
+
+
 def _resolve(fut: asyncio.Future, value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
@@ -257,8 +263,9 @@ def _resolve(fut: asyncio.Future, value: Any) -> None:
 class _TaskRun:
     def __init__(self, task_id: str, queue: asyncio.Queue, hub: MqttStreamHub, topic: str,
                  waiter: asyncio.Task | None, first: Terminal | None, device: str | None, reason: str | None,
-                 deadline: float = float("inf")):
+                 deadline: float = float("inf"), stream: bool = False):
         self.task_id = task_id
+        self._stream = stream
         self._deadline = deadline  # loop time: the iterator ends (no terminal) once it passes
         self.device = device
         self.reason = reason
@@ -275,10 +282,13 @@ class _TaskRun:
         waiter = self._waiter
         getter: asyncio.Task | None = None
         loop = asyncio.get_running_loop()
+        streaming = self._stream  # the device streams this run, and its final chunk is still to come
         try:
             while True:
                 if not self._queue.empty():
-                    yield EdgeEvent(chunk=StreamChunk.model_validate_json(self._queue.get_nowait()))
+                    chunk = StreamChunk.model_validate_json(self._queue.get_nowait())
+                    streaming = not (chunk.final or chunk.error is not None)
+                    yield EdgeEvent(chunk=chunk)
                     continue
                 remaining = self._deadline - loop.time()
                 if remaining <= 0:
@@ -289,8 +299,10 @@ class _TaskRun:
                 if not done:
                     continue
                 if getter in done:
-                    yield EdgeEvent(chunk=StreamChunk.model_validate_json(getter.result()))
+                    chunk = StreamChunk.model_validate_json(getter.result())
                     getter = None
+                    streaming = not (chunk.final or chunk.error is not None)
+                    yield EdgeEvent(chunk=chunk)
                     continue
                 getter.cancel()
                 getter = None
@@ -301,10 +313,28 @@ class _TaskRun:
                     raw = None
                 waiter = None
                 if raw is not None:
-                    # Chunks already delivered come first: the relay may still need the final one.
-                    while not self._queue.empty():
-                        yield EdgeEvent(chunk=StreamChunk.model_validate_json(self._queue.get_nowait()))
-                    yield EdgeEvent(terminal=terminal_from_task(orjson.loads(raw)))
+                    # The terminal record (device -> IoT rule -> results function -> Redis) can
+                    # overtake the stream's last chunks (device -> broker -> this hub). Chunks
+                    # already here come first; a stream that is mid-way gets a short grace for the
+                    # rest, so the client sees the device's own chunks rather than one remainder.
+                    terminal = terminal_from_task(orjson.loads(raw))
+                    streaming = streaming and terminal.status == "COMPLETED"
+                    grace_end = loop.time() + (STREAM_TAIL_GRACE_S if streaming else 0.0)
+                    while True:
+                        if self._queue.empty():
+                            left = grace_end - loop.time()
+                            if not streaming or left <= 0:
+                                break
+                            try:
+                                payload = await asyncio.wait_for(self._queue.get(), left)
+                            except asyncio.TimeoutError:
+                                break
+                        else:
+                            payload = self._queue.get_nowait()
+                        chunk = StreamChunk.model_validate_json(payload)
+                        streaming = not (chunk.final or chunk.error is not None)
+                        yield EdgeEvent(chunk=chunk)
+                    yield EdgeEvent(terminal=terminal)
         finally:
             if getter is not None:
                 getter.cancel()
@@ -391,7 +421,8 @@ class TaskServiceEdgeBackend:
         decision = getattr(task, "decision", None) or {}
         reason = decision.get("reason") if isinstance(decision, dict) else None
         deadline = asyncio.get_running_loop().time() + job.deadline_s + 5.0
-        return _TaskRun(task_id, queue, self._hub, topic, waiter, first, task.device, reason, deadline)
+        return _TaskRun(task_id, queue, self._hub, topic, waiter, first, task.device, reason, deadline,
+                        stream=job.stream)
 
     async def close(self) -> None:
         if self._redis is not None:
