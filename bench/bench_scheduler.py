@@ -325,8 +325,11 @@ def run_batched(r, live, sched, reqs, batch: int, threads: int, private: bool, w
     }
 
 
-def _private_server():
-    """A redis-server of our own (same binary as the shared one) on a free port, no persistence."""
+def _private_server(pin: bool = False):
+    """A redis-server of our own (same binary as the shared one) on a free port, no persistence.
+
+    ``pin``: the server on the last CPU, this process on the first — Redis as the separate service
+    it is in production (ElastiCache), the dispatcher alone on one core."""
     import redis
 
     binary = shutil.which("redis-server")
@@ -340,6 +343,13 @@ def _private_server():
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    if pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            proc.terminate()
+            raise SystemExit("--pin needs two CPUs")
+        os.sched_setaffinity(proc.pid, {cpus[-1]})
+        os.sched_setaffinity(0, {cpus[0]})
     client = redis.Redis(port=port)
     for _ in range(100):
         try:
@@ -364,11 +374,16 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="run against a redis-server of its own, so the server's CPU per decision is exact",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="with --private-server: Redis on one CPU, the benchmark (the dispatcher) on another",
+    )
     # Imported by a runner, main() takes the defaults; the command line passes its own arguments.
     args = parser.parse_args([] if argv is None else argv)
     proc = None
     if args.private_server:
-        proc, r = _private_server()
+        proc, r = _private_server(pin=args.pin)
     else:
         r = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     try:
@@ -407,6 +422,8 @@ def main(argv: list[str] | None = None) -> dict:
     for row in rows:
         print(" | ".join(str(row[c]) for c in cols))
     server = "a private redis-server" if args.private_server else "the shared Redis"
+    if args.pin:
+        server += " on a CPU of its own (the benchmark pinned to another)"
     print(
         f"(one Python thread against {server} over TCP loopback; load average {os.getloadavg()[0]:.2f} on "
         f"{os.cpu_count()} CPUs. decisions_per_s = 1/mean wall latency. redis_us = time inside the scripts "
