@@ -48,6 +48,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -118,6 +119,19 @@ class _Lane:
         return conn
 
 
+try:  # redis-py's packer walks every argument in Python first; hiredis's takes them as they are
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency; plain redis-py still works
+    _hiredis_pack = None
+
+
+def _send(conn: Any, *command: Any) -> None:
+    if _hiredis_pack is not None:
+        conn.send_packed_command([_hiredis_pack(command)])
+    else:  # pragma: no cover
+        conn.send_command(*command)
+
+
 class _Script:
     """EVALSHA with a reload on NOSCRIPT (a failover or SCRIPT FLUSH empties the cache)."""
 
@@ -139,7 +153,7 @@ class _Script:
                 return self.redis.evalsha(self.sha, 1, key, *args)
         for attempt in (0, 1):
             try:
-                conn.send_command("EVALSHA", self.sha, 1, key, *args)
+                _send(conn, "EVALSHA", self.sha, 1, key, *args)
                 return conn.read_response()
             except redis_lib.exceptions.NoScriptError:
                 self.sha = _s(self.redis.script_load(self.source))
@@ -149,7 +163,7 @@ class _Script:
                 conn.disconnect()
                 if attempt:
                     raise
-        conn.send_command("EVALSHA", self.sha, 1, key, *args)
+        _send(conn, "EVALSHA", self.sha, 1, key, *args)
         return conn.read_response()
 
     def pipelined(self, key: str, arg_lists: Sequence[Sequence[Any]]) -> list[Any]:
@@ -164,9 +178,14 @@ class _Script:
             return self.run_many(key, arg_lists)
         for attempt in (0, 1):
             try:
-                conn.send_packed_command(
-                    conn.pack_commands([("EVALSHA", self.sha, 1, key, *args) for args in arg_lists])
-                )
+                if _hiredis_pack is not None:
+                    conn.send_packed_command(
+                        [b"".join([_hiredis_pack(("EVALSHA", self.sha, 1, key, *args)) for args in arg_lists])]
+                    )
+                else:  # pragma: no cover
+                    conn.send_packed_command(
+                        conn.pack_commands([("EVALSHA", self.sha, 1, key, *args) for args in arg_lists])
+                    )
                 replies: list[Any] = []
                 error: Exception | None = None
                 for _ in arg_lists:
@@ -210,6 +229,17 @@ class _Script:
         return out
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _offer_from_text(model: str, raw: bytes | str) -> ModelOffer:
+    """A model offer from its stored JSON text (``P om:<model>``), each distinct text parsed once.
+
+    The text carries the device's own tokens/s for the model, so a large fleet has about as many
+    texts as devices: a small cache that is cleared when full missed a third of its lookups at
+    100k devices. The LRU (C, shared by every LiveState of the process) holds 65,536 (~15 MB)."""
+    o = orjson.loads(raw)
+    return ModelOffer(model, o.get("ctx"), o.get("quant"), o.get("sha256"), tuple(o.get("kinds") or ()), o.get("tps"))
+
+
 class LiveState:
     """Redis adapter for the live state of the fleet (see the module docstring)."""
 
@@ -238,8 +268,6 @@ class LiveState:
         self.reliability_keep_s = int(reliability_keep_s)
         self.p = f"{prefix}{HASH_TAG}:"
         self.hb_key = self.p + "hb"
-        self._offers: dict[tuple, ModelOffer] = {}
-        self._offer_texts: dict[tuple[str, bytes | str], ModelOffer] = {}
         scripts = lua.scripts(reference_tps=self.reference_tps)
         self._heartbeat = _Script(redis, scripts["HEARTBEAT"])
         lane = _Lane(redis)
@@ -519,31 +547,9 @@ class LiveState:
             )
         return int(raw[0]), out
 
-    def _offer_of(self, model: str, raw: bytes | str) -> ModelOffer:
-        # A fleet serves few distinct offers per model: each stored JSON text is parsed once.
-        offer = self._offer_texts.get((model, raw))
-        if offer is None:
-            if len(self._offer_texts) > 4096:
-                self._offer_texts.clear()
-            offer = self._offer_texts[(model, raw)] = self._offer(model, orjson.loads(raw))
-        return offer
-
-    def _offer(self, model: str, o: dict) -> ModelOffer:
-        # A fleet serves few distinct offers per model: build each once, not per candidate.
-        key = (
-            model,
-            o.get("sha256"),
-            o.get("ctx"),
-            o.get("quant"),
-            o.get("tps"),
-            tuple(o.get("kinds") or ()),
-        )
-        offer = self._offers.get(key)
-        if offer is None:
-            if len(self._offers) > 4096:
-                self._offers.clear()
-            offer = self._offers[key] = ModelOffer(model, key[2], key[3], key[1], key[5], key[4])
-        return offer
+    @staticmethod
+    def _offer_of(model: str, raw: bytes | str) -> ModelOffer:
+        return _offer_from_text(model, raw)
 
     def reserve(
         self,
