@@ -29,6 +29,10 @@ uses the real heartbeat path (``LiveState.apply_heartbeats``: pipelined Lua scri
 
 Keys live under a unique prefix and are deleted afterwards; nothing else on the server is touched.
 
+Where: by default against a redis-server of its own (exact server CPU per decision) pinned to one
+CPU, this process to another — Redis is a separate service in production, and a dispatcher is
+one process on one core; ``--shared`` uses the Redis at ``REDIS_URL`` instead, unpinned.
+
 Run: ``.venv/bin/python bench/bench_scheduler.py [--sizes 1000,10000,100000] [--decisions 5000]``
 """
 
@@ -372,15 +376,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--private-server",
         action="store_true",
-        help="run against a redis-server of its own, so the server's CPU per decision is exact",
+        help="run against a redis-server of its own, so the server's CPU per decision is exact "
+        "(the default when redis-server is on PATH)",
     )
     parser.add_argument(
         "--pin",
         action="store_true",
-        help="with --private-server: Redis on one CPU, the benchmark (the dispatcher) on another",
+        help="with --private-server: Redis on one CPU, the benchmark (the dispatcher) on another "
+        "(the default with a private server on two or more CPUs)",
+    )
+    parser.add_argument(
+        "--shared", action="store_true", help="use the Redis at REDIS_URL (shared, unpinned) instead"
     )
     # Imported by a runner, main() takes the defaults; the command line passes its own arguments.
     args = parser.parse_args([] if argv is None else argv)
+    if not args.shared and not args.private_server and shutil.which("redis-server"):
+        # The production shape: Redis is a service of its own (ElastiCache), the dispatcher a
+        # process on one core; both on a shared 2-vCPU VM they would compete for the same cores.
+        args.private_server = True
+        args.pin = len(os.sched_getaffinity(0)) >= 2
     proc = None
     if args.private_server:
         proc, r = _private_server(pin=args.pin)
