@@ -333,7 +333,8 @@ return 1
 )
 
 # ARGV: P, now, ttl, model, region ('' none), lat ('' none), lon, n_top, n_rand, n_near, offset
-# -> {devices in the free index, then per candidate: thing, snapshot (see snap()) or nil, offer JSON or nil}
+# -> {devices in the free index} or {that, JSON array of names, JSON array of snapshots (see snap(); null
+#    when missing), then per candidate its offer JSON or nil}
 FETCH = (
     COMMON
     + r"""
@@ -393,16 +394,16 @@ if n_near > 0 and ARGV[6] ~= '' then
 end
 local total = redis.call('ZCARD', fkey)
 if #things == 0 then return {total} end
--- Two reads for all candidates, returned flat as {total, thing, snapshot, offer, thing, ...}: the
--- stored JSON fragments go out as they are (no string building here; a missing one is nil).
+-- Two reads for all candidates. Names and snapshots go out as two JSON arrays (the client parses
+-- each once; names are THING_NAME_RE, nothing to escape), offers one by one (a client caches each
+-- distinct text): {total, names, snapshots, offer...}; a missing snapshot is null, an offer nil.
 local snaps = redis.call('HMGET', P .. 'snap', unpack(things))
 local offers = redis.call('HMGET', P .. 'om:' .. model, unpack(things))
-local out = {total}
-for k, t in ipairs(things) do
-  out[3 * k - 1] = t
-  out[3 * k] = snaps[k]
-  out[3 * k + 1] = offers[k]
+for k = 1, #things do
+  if not snaps[k] then snaps[k] = 'null' end
 end
+local out = {total, '["' .. table.concat(things, '","') .. '"]', '[' .. table.concat(snaps, ',') .. ']'}
+for k = 1, #things do out[k + 3] = offers[k] end
 return out
 """
 )
