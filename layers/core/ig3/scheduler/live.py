@@ -56,6 +56,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from hiredis import pack_command
 
 from ig3.scheduler import lua
 from ig3.scheduler.core import (
@@ -119,17 +120,9 @@ class _Lane:
         return conn
 
 
-try:  # redis-py's packer walks every argument in Python first; hiredis's takes them as they are
-    from hiredis import pack_command as _hiredis_pack
-except ImportError:  # pragma: no cover - hiredis is a dependency; plain redis-py still works
-    _hiredis_pack = None
-
-
 def _send(conn: Any, *command: Any) -> None:
-    if _hiredis_pack is not None:
-        conn.send_packed_command([_hiredis_pack(command)])
-    else:  # pragma: no cover
-        conn.send_command(*command)
+    # redis-py's packer walks every argument in Python first; hiredis's takes them as they are.
+    conn.send_packed_command([pack_command(command)])
 
 
 class _Script:
@@ -178,14 +171,9 @@ class _Script:
             return self.run_many(key, arg_lists)
         for attempt in (0, 1):
             try:
-                if _hiredis_pack is not None:
-                    conn.send_packed_command(
-                        [b"".join([_hiredis_pack(("EVALSHA", self.sha, 1, key, *args)) for args in arg_lists])]
-                    )
-                else:  # pragma: no cover
-                    conn.send_packed_command(
-                        conn.pack_commands([("EVALSHA", self.sha, 1, key, *args) for args in arg_lists])
-                    )
+                conn.send_packed_command(
+                    [b"".join([pack_command(("EVALSHA", self.sha, 1, key, *args)) for args in arg_lists])]
+                )
                 replies: list[Any] = []
                 error: Exception | None = None
                 for _ in arg_lists:
@@ -550,10 +538,6 @@ class LiveState:
                 )
             )
         return int(raw[0]), out
-
-    @staticmethod
-    def _offer_of(model: str, raw: bytes | str) -> ModelOffer:
-        return _offer_from_text(model, raw)
 
     def reserve(
         self,

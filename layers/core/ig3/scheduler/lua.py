@@ -629,7 +629,7 @@ def _trimmed(script: str) -> str:
                 needed.add(name)
                 words |= _words(text)
                 grew = True
-    head = COMMON[: defs[0][1] and COMMON.index(defs[0][1])]
+    head = COMMON[: _DEFINITION.search(COMMON).start()]  # the preamble's opening comment/blank line
     return head + "".join(text for name, text in defs if name in needed) + body
 
 
