@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 import orjson
 
 from ig3.llm.routing import EdgeCapacity
-from ig3.llm.log import logger
+from ig3.log import logger
 from ig3.wire import StreamChunk, TaskInput, TaskLimits, task_stream_topic
 
 
@@ -254,6 +254,11 @@ def iot_presigned_path(host: str, *, region: str | None = None, credentials: Any
 STREAM_TAIL_GRACE_S = 1.0
 
 
+def _continues(chunk: StreamChunk) -> bool:
+    """Whether more of the stream follows this chunk (not its final one, not an error)."""
+    return not (chunk.final or chunk.error is not None)
+
+
 def _resolve(fut: asyncio.Future, value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
@@ -287,7 +292,7 @@ class _TaskRun:
             while True:
                 if not self._queue.empty():
                     chunk = StreamChunk.model_validate_json(self._queue.get_nowait())
-                    streaming = not (chunk.final or chunk.error is not None)
+                    streaming = _continues(chunk)
                     yield EdgeEvent(chunk=chunk)
                     continue
                 remaining = self._deadline - loop.time()
@@ -301,7 +306,7 @@ class _TaskRun:
                 if getter in done:
                     chunk = StreamChunk.model_validate_json(getter.result())
                     getter = None
-                    streaming = not (chunk.final or chunk.error is not None)
+                    streaming = _continues(chunk)
                     yield EdgeEvent(chunk=chunk)
                     continue
                 getter.cancel()
@@ -332,7 +337,7 @@ class _TaskRun:
                         else:
                             payload = self._queue.get_nowait()
                         chunk = StreamChunk.model_validate_json(payload)
-                        streaming = not (chunk.final or chunk.error is not None)
+                        streaming = _continues(chunk)
                         yield EdgeEvent(chunk=chunk)
                     yield EdgeEvent(terminal=terminal)
         finally:
