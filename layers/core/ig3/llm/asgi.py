@@ -21,7 +21,7 @@ import orjson
 
 from ig3.errors import DomainError, MethodNotAllowed, NotFound, PayloadTooLarge, Unavailable
 from ig3.llm.gateway import MAX_BODY_BYTES
-from ig3.llm.log import logger
+from ig3.log import logger
 
 KINDS = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/embeddings": "embedding"}
 _JSON = (b"content-type", b"application/json")

@@ -23,7 +23,7 @@ import orjson
 
 from ig3.errors import DomainError
 from ig3.llm.config import Deployment, GatewayConfig
-from ig3.llm.log import logger
+from ig3.log import logger
 
 PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})

@@ -43,7 +43,7 @@ from ig3.llm.redisguard import RedisGuard, RedisUnavailable
 from ig3.llm.routing import DEFAULT_OUTPUT_TOKENS, Decision, Features, Router
 from ig3.llm.spend import CloudSpend, Reservation
 from ig3.llm.usage import UsageRecorder
-from ig3.llm.log import logger
+from ig3.log import logger
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 Authorize = Callable[[str | None], Awaitable[Any]]  # header value -> Principal (raises 401/403)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ig3.llm.log import logger
+from ig3.log import logger
 
 T = TypeVar("T")
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ig3.errors import BadRequest, DomainError, PaymentRequired, Unavailable
-from ig3.llm.log import logger
+from ig3.log import logger
 from ig3.llm.redisguard import RedisGuard, RedisUnavailable
 
 MAX_EXACT = 2**53 - 1  # Lua numbers are doubles: every amount stays an exact integer below this

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from ig3.events import MAX_BATCH, DomainEvent, EventPublisher
-from ig3.llm.log import logger
+from ig3.log import logger
 
 DETAIL_TYPE = "UsageRecorded"
 MAX_PENDING = 100_000

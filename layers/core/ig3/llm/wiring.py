@@ -114,7 +114,7 @@ async def build_from_env() -> tuple[Gateway, list]:
         try:  # build the TaskService (boto3 clients) now, not on the first edge request
             await asyncio.to_thread(task_wiring.task_service)
         except Exception as exc:  # noqa: BLE001 — e.g. tables not configured: retried on first use
-            from ig3.llm.log import logger
+            from ig3.log import logger
 
             logger.warning("task service not ready at start-up", extra={"error_type": type(exc).__name__})
         closers += [live.close, edge.close]
