@@ -62,6 +62,8 @@ class Weights:
     random_candidates: int = 4  # uniform sample of the free index (power-of-d choices)
     near_candidates: int = 8  # nearest from the GEO index, when the request gives `near`
     max_pages: int = 3  # further index pages fetched only while filters reject everything
+    # How long a dispatcher decides on its copy of each index head (ig3.scheduler.view); 0 = never.
+    index_view_ms: float = 250.0
 
     def __post_init__(self) -> None:
         for name in ("proximity", "capability", "load", "reliability", "reputation", "temperature"):
@@ -75,6 +77,8 @@ class Weights:
                 raise ValueError(f"scheduler {name} must be > 0")
         if self.top_k < 1 or self.index_candidates < 1:
             raise ValueError("scheduler top_k and index_candidates must be >= 1")
+        if not (self.index_view_ms >= 0 and math.isfinite(self.index_view_ms)):
+            raise ValueError("scheduler index_view_ms must be a finite number >= 0")
         if self.random_candidates < 0 or self.near_candidates < 0 or self.max_pages < 0:
             raise ValueError("scheduler candidate counts must be >= 0")
 

@@ -53,7 +53,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from hiredis import pack_command
@@ -228,6 +228,16 @@ def _offer_from_text(model: str, raw: bytes | str) -> ModelOffer:
     is one C call, where the two dict caches it replaces cost a tuple and two lookups."""
     o = orjson.loads(raw)
     return ModelOffer(model, o.get("ctx"), o.get("quant"), o.get("sha256"), tuple(o.get("kinds") or ()), o.get("tps"))
+
+
+class Fetched(NamedTuple):
+    """One candidate fetch: ``candidates[:top]`` are the index head, ``[top:index]`` the random
+    sample of the index, the rest the client's grid cells."""
+
+    total: int  # devices with a free slot in the index
+    top: int
+    index: int
+    candidates: list[Candidate]
 
 
 class LiveState:
@@ -487,11 +497,27 @@ class LiveState:
         now: float,
     ) -> tuple[int, list[Candidate]]:
         """(devices with a free slot in the index, bounded candidate list) — one script call."""
+        f = self.fetch(model, region, near, top=top, sample=sample, nearest=nearest, offset=offset, now=now)
+        return f.total, f.candidates
+
+    def fetch(
+        self,
+        model: str,
+        region: str | None,
+        near: tuple[float, float] | None,
+        *,
+        top: int,
+        sample: int,
+        nearest: int,
+        offset: int,
+        now: float,
+    ) -> Fetched:
+        """``candidates`` with where each came from (the index head, the sample, the grid)."""
         args = self._fetch_args(model, region, near, top, sample, nearest, offset, now)
         return self._parse_candidates(model, self._fetch(self.hb_key, args), now)
 
-    def candidates_many(self, queries: Sequence[dict[str, Any]], *, now: float) -> list[tuple[int, list[Candidate]]]:
-        """``candidates`` for several queries (keyword dicts of its arguments) in one round trip."""
+    def fetch_many(self, queries: Sequence[dict[str, Any]], *, now: float) -> list[Fetched]:
+        """``fetch`` for several queries (keyword dicts of its arguments) in one round trip."""
         if not queries:
             return []
         arg_lists = [
@@ -506,19 +532,21 @@ class LiveState:
         lat, lon = (repr(near[0]), repr(near[1])) if near is not None else ("", "")
         return [self.p, repr(now), repr(self.ttl_s), model, region or "", lat, lon, top, sample, nearest, offset]
 
-    def _parse_candidates(self, model: str, raw: Any, now: float) -> tuple[int, list[Candidate]]:
+    def _parse_candidates(self, model: str, raw: Any, now: float) -> Fetched:
         if len(raw) == 1:
-            return int(raw[0]), []
+            return Fetched(int(raw[0]), 0, 0, [])
         horizon = now - self.ttl_s
         out = []
         offer_of = _offer_from_text
-        names, snaps = orjson.loads(raw[1]), orjson.loads(raw[2])
+        got_top, got_index = int(raw[1]), int(raw[2])
+        n_top = n_index = 0
+        names, snaps = orjson.loads(raw[3]), orjson.loads(raw[4])
         for k, thing in enumerate(names):
             snap = snaps[k]
             if snap is None:  # the index and the snapshots change together: never, but be safe
                 continue
             cap, inflight, nres, region, lat, lon, tps, status, rel, rep, seen = snap
-            offer = raw[k + 3]
+            offer = raw[k + 5]
             # Positional: this runs ~16 times per decision.
             out.append(
                 Candidate(
@@ -537,7 +565,11 @@ class LiveState:
                     {model: offer_of(model, offer)} if offer is not None else {},
                 )
             )
-        return int(raw[0]), out
+            if k < got_top:
+                n_top += 1
+            if k < got_index:
+                n_index += 1
+        return Fetched(int(raw[0]), n_top, n_index, out)
 
     def reserve(
         self,

@@ -335,8 +335,9 @@ return 1
 )
 
 # ARGV: P, now, ttl, model, region ('' none), lat ('' none), lon, n_top, n_rand, n_near, offset
-# -> {devices in the free index} or {that, JSON array of names, JSON array of snapshots (see snap(); null
-#    when missing), then per candidate its offer JSON or nil}
+# -> {devices in the free index} or {that, how many of the names are the index head, how many the head
+#    and the random sample, JSON array of names, JSON array of snapshots (see snap(); null when
+#    missing), then per candidate its offer JSON or nil}
 FETCH = (
     COMMON
     + r"""
@@ -352,8 +353,10 @@ local function add(items)
     if not seen[t] then seen[t] = true; things[#things + 1] = t end
   end
 end
-add(redis.call('ZREVRANGE', fkey, offset, offset + n_top - 1))
+if n_top > 0 then add(redis.call('ZREVRANGE', fkey, offset, offset + n_top - 1)) end
+local got_top = #things
 if n_rand > 0 then add(redis.call('ZRANDMEMBER', fkey, n_rand)) end
+local got_index = #things
 if n_near > 0 and ARGV[6] ~= '' then
   -- The client's cell and its 8 neighbours, nearest cell first (by the gap from the client to the
   -- cell), finest resolution first, until `n_near` devices are found. A coarser level only runs
@@ -411,14 +414,17 @@ local total = redis.call('ZCARD', fkey)
 if #things == 0 then return {total} end
 -- Two reads for all candidates. Names and snapshots go out as two JSON arrays (the client parses
 -- each once; names are THING_NAME_RE, nothing to escape), offers one by one (a client caches each
--- distinct text): {total, names, snapshots, offer...}; a missing snapshot is null, an offer nil.
+-- distinct text): {total, n_top, n_index, names, snapshots, offer...}, the first n_top names from
+-- the index head, up to n_index from the random sample, the rest from the grid; a missing
+-- snapshot is null, an offer nil.
 local snaps = redis.call('HMGET', P .. 'snap', unpack(things))
 local offers = redis.call('HMGET', P .. 'om:' .. model, unpack(things))
 for k = 1, #things do
   if not snaps[k] then snaps[k] = 'null' end
 end
-local out = {total, '["' .. table.concat(things, '","') .. '"]', '[' .. table.concat(snaps, ',') .. ']'}
-for k = 1, #things do out[k + 3] = offers[k] end
+local out = {total, got_top, got_index, '["' .. table.concat(things, '","') .. '"]',
+             '[' .. table.concat(snaps, ',') .. ']'}
+for k = 1, #things do out[k + 5] = offers[k] end
 return out
 """
 )

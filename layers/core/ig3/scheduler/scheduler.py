@@ -22,10 +22,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ig3.scheduler.core import Candidate, Decision, Placement, PlacementRequest, Weights, decide, explain
-from ig3.scheduler.live import LiveState
+from ig3.scheduler.live import Fetched, LiveState
+from ig3.scheduler.view import IndexView
 from ig3.wire import TASK_ID_RE
 
 _RESERVE_ROUNDS = 2
+# The view's random pool is this many times a decision's sample, so decisions between refetches differ.
+POOL_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Scheduler:
         self.weights = weights if weights is not None else Weights.from_env()
         self.rng = rng if rng is not None else random.Random()
         self.clock = clock
+        self.view = IndexView(self.weights.index_view_ms / 1000.0)
 
     def place(self, req: PlacementRequest) -> Placement | None:
         """Filter, score, draw among the top-K and atomically reserve a slot; ``None`` if nothing fits."""
@@ -62,9 +66,10 @@ class Scheduler:
         t_fetch = t_reserve = 0.0
         skipped_all: list[str] = []
         decision: Decision | None = None
-        for _round in range(_RESERVE_ROUNDS):
+        for round_ in range(_RESERVE_ROUNDS):
             now = self.clock()
-            decision, fetch_s = self._decide(req, now)
+            # A second round follows a first whose every device was full: not from the view again.
+            decision, fetch_s = self._decide(req, now, fresh=round_ > 0)
             t_fetch += fetch_s
             if not decision.order:
                 break
@@ -80,6 +85,7 @@ class Scheduler:
             )
             t_reserve += time.perf_counter() - t0
             skipped_all += skipped
+            self._follow(thing, skipped)
             if thing is not None:
                 return Outcome(
                     self._placement(req, decision, thing, position, skipped_all, t_start, t_fetch, t_reserve),
@@ -108,25 +114,20 @@ class Scheduler:
         t_start = time.perf_counter()
         now = self.clock()
         t0 = time.perf_counter()
-        fetched = self.live.candidates_many(
-            [
-                {"model": r.model, "region": r.region, "near": r.near, "top": w.index_candidates,
-                 "sample": w.random_candidates, "nearest": w.near_candidates, "offset": 0}
-                for r in reqs
-            ],
-            now=now,
-        )
+        fetched = self._first_pages(reqs, now)
         t_fetch = time.perf_counter() - t0
         taken: dict[str, int] = {}  # slots the batch's earlier winners will take, per device
         decisions: list[Decision | None] = []
         decide_s: list[float] = []
-        for req, (total, cands) in zip(reqs, fetched):
+        for req, (total, cands, viewed) in zip(reqs, fetched):
             t0 = time.perf_counter()
             if taken:
                 cands = [_with_reserved(c, taken[c.thing]) if c.thing in taken else c for c in cands]
             decision = decide(cands, req, w, self.rng)
-            if not decision.order and total > w.index_candidates:
-                decision = None  # filters rejected the first page: paged alone below
+            if not decision.order and (viewed or total > w.index_candidates):
+                # Filters rejected the first page (paged alone below), or the view held nothing
+                # that fits (said only on a fresh fetch, below).
+                decision = None
             elif decision.order:
                 winner = decision.order[0].thing
                 taken[winner] = taken.get(winner, 0) + 1
@@ -139,8 +140,11 @@ class Scheduler:
             if d is not None and d.order
         ]
         t0 = time.perf_counter()
-        reserved = iter(self.live.reserve_many(batch, now=now))
+        reserved_all = self.live.reserve_many(batch, now=now)
         t_reserve = time.perf_counter() - t0
+        for thing, _position, skipped in reserved_all:
+            self._follow(thing, skipped)
+        reserved = iter(reserved_all)
         outcomes: list[Outcome] = []
         for req, decision, own_s in zip(reqs, decisions, decide_s):
             if decision is None:
@@ -163,7 +167,10 @@ class Scheduler:
 
     def release(self, thing: str, task_id: str) -> bool:
         """Give the task's slot back; idempotent (``False`` when nothing was held)."""
-        return self.live.release(thing, task_id, now=self.clock())
+        released = self.live.release(thing, task_id, now=self.clock())
+        if released:
+            self.view.released(thing)
+        return released
 
     @staticmethod
     def _validate(req: PlacementRequest) -> None:
@@ -172,32 +179,118 @@ class Scheduler:
         if not req.hold_s > 0:
             raise ValueError("hold_s must be > 0")
 
-    def _decide(self, req: PlacementRequest, now: float) -> tuple[Decision, float]:
+    def _decide(self, req: PlacementRequest, now: float, fresh: bool = False) -> tuple[Decision, float]:
         w = self.weights
-        fetch_s = 0.0
-        candidates = []
-        offset = 0
-        for page in range(w.max_pages + 1):
+        t0 = time.perf_counter()
+        ((total, candidates, viewed),) = self._first_pages([req], now, fresh)
+        fetch_s = time.perf_counter() - t0
+        decision = decide(candidates, req, w, self.rng)
+        if viewed and not decision.order:
+            # Nothing fits what the view holds: it may miss devices that joined or freed a slot
+            # since, so "nothing fits" is only ever said on a fresh fetch.
+            decision, more_s = self._decide(req, now, fresh=True)
+            return decision, fetch_s + more_s
+        offset = w.index_candidates
+        for page in range(1, w.max_pages + 1):
+            # More pages only while the filters (exclusions, ctx, hash) reject everything fetched.
+            if decision.order or total <= offset:
+                break
             t0 = time.perf_counter()
-            total, batch = self.live.candidates(
+            more = self.live.fetch(
                 req.model,
                 req.region,
                 req.near,
                 top=w.index_candidates,
-                sample=w.random_candidates if page == 0 else 0,
+                sample=0,
                 # Later pages read 4x more devices per grid cell around the client (no offset in cells).
                 nearest=min(w.near_candidates * 4**page, 64),
                 offset=offset,
                 now=now,
             )
             fetch_s += time.perf_counter() - t0
-            candidates += batch
+            total = more.total
+            candidates += more.candidates
             decision = decide(candidates, req, w, self.rng)
-            # More pages only while the filters (exclusions, ctx, hash) reject everything fetched.
-            if decision.order or total <= offset + w.index_candidates:
-                return decision, fetch_s
             offset += w.index_candidates
         return decision, fetch_s
+
+    def _first_pages(
+        self, reqs: Sequence[PlacementRequest], now: float, fresh: bool = False
+    ) -> list[tuple[int, list[Candidate], bool]]:
+        """Each request's first candidate page: (devices in its free index, candidates, whether
+        the index part came from the view), in one round trip or none.
+
+        The index part (head + random sample) comes from the view while it is fresh (see
+        ``ig3.scheduler.view``), else from one fetch per (model, region) of the batch, which
+        refreshes the view; a request with a location adds its own grid cells (a fetch without the
+        index part when the view served it). Without the view (``index_view_ms`` = 0) every request
+        fetches everything itself, one script call each, in one pipeline."""
+        w = self.weights
+        view = self.view
+        grid = w.near_candidates
+        if not view.enabled:
+            queries = [
+                {"model": r.model, "region": r.region, "near": r.near, "top": w.index_candidates,
+                 "sample": w.random_candidates, "nearest": grid, "offset": 0}
+                for r in reqs
+            ]
+            return [(f.total, f.candidates, False) for f in self.live.fetch_many(queries, now=now)]
+        heads: dict[tuple[str, str | None], tuple[int, list[Candidate], list[Candidate]]] = {}
+        ageing: set[tuple[str, str | None]] = set()  # past half their life: renewed by a fetch made anyway
+        if not fresh:
+            for r in reqs:
+                key = (r.model, r.region)
+                if key not in heads:
+                    entry = view.get(r.model, r.region, now)
+                    if entry is not None:
+                        heads[key] = (entry.total, entry.top, entry.pool)
+                        if view.ageing(entry, now):
+                            ageing.add(key)
+        planned: dict[tuple[str, str | None], int] = {}  # key -> the query that fetches its head
+        queries: list[dict[str, Any]] = []
+        asks: list[int | None] = []  # per request: its query, if it has one
+        for r in reqs:
+            key = (r.model, r.region)
+            # A request with a location makes a round trip anyway: when its head is ageing, the
+            # same script call renews it, so requests without one rarely wait for a refetch.
+            if key not in planned and (key not in heads or (key in ageing and r.near is not None and grid > 0)):
+                planned[key] = len(queries)
+                asks.append(len(queries))
+                queries.append({"model": r.model, "region": r.region, "near": r.near,
+                                "top": w.index_candidates, "sample": w.random_candidates * POOL_FACTOR,
+                                "nearest": grid, "offset": 0})
+            elif r.near is not None and grid > 0:
+                asks.append(len(queries))
+                queries.append({"model": r.model, "region": r.region, "near": r.near, "top": 0,
+                                "sample": 0, "nearest": grid, "offset": 0})
+            else:
+                asks.append(None)
+        fetched: list[Fetched] = self.live.fetch_many(queries, now=now) if queries else []
+        for key, at in planned.items():
+            f = fetched[at]
+            top, pool = f.candidates[: f.top], f.candidates[f.top : f.index]
+            heads[key] = (f.total, top, pool)
+            view.put(key[0], key[1], f.total, top, pool, now)
+        out = []
+        sample = w.random_candidates
+        for r, ask in zip(reqs, asks):
+            total, top, pool = heads[(r.model, r.region)]
+            if len(pool) > sample:
+                pool = self.rng.sample(pool, sample)
+            near: list[Candidate] = []
+            if ask is not None:
+                f = fetched[ask]
+                near = f.candidates[f.index :]
+                total = f.total  # the freshest count
+            out.append((total, [*top, *pool, *near], (r.model, r.region) not in planned))
+        return out
+
+    def _follow(self, thing: str | None, skipped: Sequence[str]) -> None:
+        """The view follows this dispatcher's reservations (see ``ig3.scheduler.view``)."""
+        if thing is not None:
+            self.view.reserved(thing, skipped)
+        else:
+            self.view.forget(skipped)
 
     def _placement(
         self,
