@@ -1,13 +1,16 @@
 """Scheduler decision latency and throughput at 1k / 10k / 100k registered devices, real Redis.
 
-What one decision is: ``Scheduler.place`` end to end — the candidate-fetch script, the pure
-Python decision (filter, score, top-K draw), the reservation script — on one Python thread
+What one decision is: ``Scheduler.place`` end to end — the candidate-fetch script (for a request
+with a client location: its grid cells; the index head comes from the dispatcher's view while
+that is fresh, ``ig3.scheduler.view``), the pure Python decision (filter, score, top-K draw), the
+reservation script — on one Python thread
 against the Redis at ``REDIS_URL`` (default 127.0.0.1:6379). Every placement is released
 again (untimed) so the fleet stays in a steady state, as it is under a dispatcher that
 completes work. Requests mix what dispatch sends: half carry the client's location, a third a
 region constraint, a quarter a minimum context length.
 
-Reported per fleet size: p50/p99/mean decision latency, decisions/s on one core (1/mean, one
+Reported per fleet size: p50/p99/mean decision latency (and p50/p99 of the requests with and
+without a client location apart: one round trip or two), decisions/s on one core (1/mean, one
 thread, no pipelining across decisions), the client-side split (the two script round trips
 vs. Python decision time) and Redis's own time inside the scripts (``INFO commandstats``
 for EVALSHA: the server-side share of each round trip). Candidates per decision are reported
@@ -185,6 +188,7 @@ def run_size(r, n: int, decisions: int, private: bool = False, batch_size: int =
                 sched.release(p.thing, req.task_id)
 
         latencies, cpu, fetch, reserve, decide, cands = [], [], [], [], [], []
+        by_near: dict[bool, list[float]] = {True: [], False: []}
         misses = 0
         server_usec = server_calls = 0
         server_cpu = 0.0
@@ -202,6 +206,7 @@ def run_size(r, n: int, decisions: int, private: bool = False, batch_size: int =
                 p = sched.place(req)
                 latencies.append(time.perf_counter() - t)
                 cpu.append(time.process_time() - c)
+                by_near[req.near is not None].append(latencies[-1])
                 if p is None:
                     misses += 1
                     continue
@@ -240,6 +245,10 @@ def run_size(r, n: int, decisions: int, private: bool = False, batch_size: int =
             "no_fit": misses,
             "p50_ms": round(_pct(latencies, 0.50) * 1e3, 3),
             "p99_ms": round(_pct(latencies, 0.99) * 1e3, 3),
+            "near_p50_ms": round(_pct(by_near[True], 0.50) * 1e3, 3),
+            "near_p99_ms": round(_pct(by_near[True], 0.99) * 1e3, 3),
+            "far_p50_ms": round(_pct(by_near[False], 0.50) * 1e3, 3),
+            "far_p99_ms": round(_pct(by_near[False], 0.99) * 1e3, 3),
             "mean_ms": round(mean * 1e3, 3),
             "decisions_per_s": round(1 / mean),
             "client_cpu_us": round(client_cpu_us, 1),
@@ -413,6 +422,10 @@ def main(argv: list[str] | None = None) -> dict:
         "devices",
         "p50_ms",
         "p99_ms",
+        "near_p50_ms",
+        "near_p99_ms",
+        "far_p50_ms",
+        "far_p99_ms",
         "decisions_per_s",
         "decisions_per_s_at_p50",
         "client_cpu_us",

@@ -2,7 +2,9 @@
 
 - ``core``: filter, score, draw — pure, no I/O (hypothesis-tested).
 - ``live``: ``LiveState``, the Redis adapter (heartbeat TTLs, free-capacity indexes, reservations).
-- ``scheduler``: ``Scheduler.place`` / ``release`` tie them together in two round trips.
+- ``scheduler``: ``Scheduler.place`` / ``release`` tie them together in two round trips at most.
+- ``view``: the dispatcher's short-lived copy of each index head (one round trip for requests
+  without a client location).
 """
 
 from ig3.scheduler.core import (

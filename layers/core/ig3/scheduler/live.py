@@ -26,8 +26,10 @@ Design decisions:
   candidates at once (``snap``: a JSON snapshot of each device's live fields, ``om:<model>``: its
   offer). The reservation is O(log N) per device tried (plus ~10 index updates when the device
   fills up). So O(k log N), whatever the fleet size and however dense the fleet is around the
-  client. Two script calls per decision; inside Redis a ``redis.call`` costs several times its
-  command (measured), which is why candidates are read in bulk rather than one hash each. Why a
+  client. At most two script calls per decision (one when the scheduler's view of the index
+  head serves a request without a location, ``ig3.scheduler.view``); inside Redis a
+  ``redis.call`` costs several times its command (measured), which is why candidates are read in
+  bulk rather than one hash each. Why a
   grid and not Redis GEO: ``GEOSEARCH`` scans every member of the geohash boxes covering its
   radius, so its cost follows the local density (measured: ~380 us per call at 100k devices
   around 60 cities). The price is precision: a device is found by cell, so the winner on pure

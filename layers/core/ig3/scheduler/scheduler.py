@@ -1,15 +1,23 @@
-"""The scheduler: bounded candidate fetch -> pure decision -> atomic reservation.
+"""The scheduler: bounded candidates -> pure decision -> atomic reservation.
 
-Two Redis round trips per decision, whatever the fleet size: one script returns a bounded
-candidate set (``LiveState.candidates``), the pure core (``ig3.scheduler.core``) filters, scores
-and draws in Python, one script reserves a slot on the drawn device — re-checking it inside
-Redis and falling through to the next-best in the same call if it filled up meanwhile. Only when
-every device tried was full (a burst of concurrent dispatchers) is the fetch repeated once; the
-reservation script has already taken those devices out of the free index by then.
+At most two Redis round trips per decision, whatever the fleet size: one script returns a bounded
+candidate set (``LiveState.fetch``), the pure core (``ig3.scheduler.core``) filters, scores and
+draws in Python, one script reserves a slot on the drawn device — re-checking it inside Redis and
+falling through to the next-best in the same call if it filled up meanwhile. Only when every device
+tried was full (a burst of concurrent dispatchers) is the fetch repeated once; the reservation
+script has already taken those devices out of the free index by then.
+
+The index part of the candidates (the free index's head by static quality and a random sample of
+it) is the same for every request of a model and region, so it comes from the dispatcher's
+short-lived view (``ig3.scheduler.view``, ``Weights.index_view_ms``): a request without a client
+location then makes one round trip (the reservation), one with a location fetches its grid cells
+only. The reservation's re-check makes the view's staleness cost a skipped device at worst; "no
+device fits" is only ever concluded from a fresh fetch.
 
 Why decide in Python rather than inside the Lua script: the decision is the part that changes
 (weights, reputation, SLOs) and the part worth property-testing; the scripts stay small and
-obviously atomic. The cost is one extra round trip (~0.1 ms locally), measured in
+obviously atomic (and Redis's Lua is slow: ~35 us of interpreter for a 9-cell grid level, measured).
+The cost is one extra round trip (~0.1 ms locally) for requests with a location, measured in
 ``bench/bench_scheduler.py``.
 """
 
