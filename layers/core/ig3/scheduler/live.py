@@ -51,7 +51,9 @@ Design decisions:
 from __future__ import annotations
 
 import functools
+import math
 import os
+import select
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -103,7 +105,8 @@ class _Lane:
     clients) take the ordinary path.
     """
 
-    def __init__(self, redis: redis_lib.Redis):
+    def __init__(self, redis: redis_lib.Redis, spin_us: float = 0.0):
+        self.spin_s = spin_us / 1e6
         pool = getattr(redis, "connection_pool", None)
         self._factory = (
             (lambda: pool.connection_class(**pool.connection_kwargs))
@@ -111,15 +114,71 @@ class _Lane:
             else None
         )
         self._local = threading.local()
+        self._users_lock = threading.Lock()
+        self._users = 0  # threads of this process that opened a lane connection
+        self._users_pid = os.getpid()
 
     def connection(self) -> Any | None:
         if self._factory is None:
             return None
         conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():  # a forked child opens its own
+        pid = os.getpid()
+        if conn is None or self._local.pid != pid:  # a forked child opens its own
             conn = self._local.conn = self._factory()
-            self._local.pid = os.getpid()
+            self._local.pid = pid
+            with self._users_lock:
+                if self._users_pid != pid:
+                    self._users, self._users_pid = 0, pid
+                self._users += 1
         return conn
+
+    def await_reply(self, conn: Any) -> None:
+        """Busy-wait up to ``spin_s`` for the first byte of a reply, then let the read block.
+
+        A blocking read sleeps in the kernel and is woken when the reply lands: on this VM that
+        wake-up is ~45 us of a 64 us loopback round trip (measured: EVALSHA of ``return 1``, p50 64 us
+        blocking vs 20 us polling; p99 107 vs 37). A decision waits on one or two such replies of
+        ~50-150 us, so polling for them takes ~45 us off each. The price is the dispatcher's CPU
+        while it waits, which it could not use anyway (one decision at a time per thread; a Lambda
+        is billed for the wall time, not the CPU). Bounded: past ``spin_s`` (a slow reply, a
+        failover) the read blocks as usual. ``IG3_REDIS_SPIN_US`` = 0 turns it off.
+
+        Only while one thread uses the lane (the dispatch function's case): with several, another
+        thread could use the core this one would spin on (measured with 2 dispatcher threads on one
+        core: 0.90x the batched decisions/s when both spun)."""
+        if self.spin_s <= 0 or self._users > 1:
+            return
+        sock = getattr(conn, "_sock", None)
+        if sock is None:
+            return
+        poller = getattr(self._local, "poller", None)
+        if poller is None or self._local.polled is not sock:
+            poller = self._local.poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            self._local.polled = sock
+        perf = time.perf_counter
+        deadline = perf() + self.spin_s
+        while not poller.poll(0):
+            if perf() >= deadline:
+                return
+
+
+SPIN_ENV = "IG3_REDIS_SPIN_US"
+DEFAULT_SPIN_US = 300.0
+
+
+def _spin_us(value: float | None) -> float:
+    """The lane's busy-wait bound (see ``_Lane.await_reply``): the argument, else the env, else 300."""
+    if value is None:
+        raw = os.environ.get(SPIN_ENV, "")
+        try:
+            value = float(raw) if raw.strip() else DEFAULT_SPIN_US
+        except ValueError as exc:
+            raise ValueError(f"{SPIN_ENV}={raw!r} is not a number") from exc
+    value = float(value)
+    if not (math.isfinite(value) and 0 <= value <= 100_000):
+        raise ValueError(f"{SPIN_ENV} must be between 0 and 100000 microseconds, got {value!r}")
+    return value
 
 
 def _send(conn: Any, *command: Any) -> None:
@@ -149,6 +208,7 @@ class _Script:
         for attempt in (0, 1):
             try:
                 _send(conn, "EVALSHA", self.sha, 1, key, *args)
+                self.lane.await_reply(conn)
                 return conn.read_response()
             except redis_lib.exceptions.NoScriptError:
                 self.sha = _s(self.redis.script_load(self.source))
@@ -178,6 +238,7 @@ class _Script:
                 )
                 replies: list[Any] = []
                 error: Exception | None = None
+                self.lane.await_reply(conn)  # the first reply; the rest follow it
                 for _ in arg_lists:
                     try:
                         replies.append(conn.read_response())
@@ -254,6 +315,7 @@ class LiveState:
         reliability_half_life_s: float = 3600.0,
         reliability_keep_s: int = 30 * 86400,
         reference_tps: float | None = None,
+        spin_us: float | None = None,
     ):
         if ttl_s <= 0:
             raise ValueError("ttl_s must be > 0")
@@ -272,7 +334,7 @@ class LiveState:
         self.hb_key = self.p + "hb"
         scripts = lua.scripts(reference_tps=self.reference_tps)
         self._heartbeat = _Script(redis, scripts["HEARTBEAT"])
-        lane = _Lane(redis)
+        lane = _Lane(redis, _spin_us(spin_us))
         self._fetch = _Script(redis, scripts["FETCH"], lane)
         self._reserve = _Script(redis, scripts["RESERVE"], lane)
         self._reserve_many = _Script(redis, scripts["RESERVE_MANY"], lane)
