@@ -3,7 +3,8 @@
 What one decision is: ``Scheduler.place`` end to end — the candidate-fetch script (for a request
 with a client location: its grid cells; the index head comes from the dispatcher's view while
 that is fresh, ``ig3.scheduler.view``), the pure Python decision (filter, score, top-K draw), the
-reservation script — on one Python thread
+reservation script — on one Python thread (which busy-waits for each reply up to
+``IG3_REDIS_SPIN_US``, as the single-threaded dispatch function does; the batched run's threads block)
 against the Redis at ``REDIS_URL`` (default 127.0.0.1:6379). Every placement is released
 again (untimed) so the fleet stays in a steady state, as it is under a dispatcher that
 completes work. Requests mix what dispatch sends: half carry the client's location, a third a
@@ -456,7 +457,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"{os.cpu_count()} CPUs. decisions_per_s = 1/mean wall latency. redis_us = time inside the scripts "
         f"(INFO commandstats); redis_cpu_us = the server's CPU per decision (INFO cpu: exact on a private "
         f"server, all clients' on a shared one). one_core_decisions_per_s = 1e6/(client CPU + server side), "
-        f"server side = redis_cpu_us on a private server, redis_us otherwise: both on one core, no waits.)"
+        f"server side = redis_cpu_us on a private server, redis_us otherwise: both on one core, no waits. "
+        f"client_cpu_us of single decisions includes the lane's busy-wait for replies "
+        f"(IG3_REDIS_SPIN_US={os.environ.get('IG3_REDIS_SPIN_US', 'default 300')}: CPU spent waiting), so "
+        f"one_core_decisions_per_s understates; the batched run's threads do not spin.)"
     )
     return {"scheduler": rows, "server": "private" if args.private_server else "shared"}
 
