@@ -14,6 +14,20 @@ from tests.scheduler.test_scheduler_live import NOW, beat
 pytestmark = pytest.mark.integration
 
 
+def _connected_lane(r, redis_prefix, spin_us):
+    lane = LiveState(r, prefix=redis_prefix, spin_us=spin_us)._fetch.lane
+    conn = lane.connection()
+    conn.connect()
+    return lane, conn
+
+
+def _wait(lane, conn) -> float:
+    """Seconds ``await_reply`` waited on a connection that was sent nothing."""
+    t0 = time.perf_counter()
+    lane.await_reply(conn)
+    return time.perf_counter() - t0
+
+
 def test_spin_bound_defaults_and_follows_env(r, redis_prefix, monkeypatch):
     monkeypatch.delenv(SPIN_ENV, raising=False)
     assert LiveState(r, prefix=redis_prefix)._fetch.lane.spin_s == DEFAULT_SPIN_US / 1e6
@@ -33,13 +47,8 @@ def test_a_malformed_spin_bound_is_refused(r, redis_prefix, monkeypatch, raw):
 
 
 def test_waiting_for_a_reply_that_never_comes_gives_up_and_consumes_nothing(r, redis_prefix):
-    live = LiveState(r, prefix=redis_prefix, spin_us=2000)
-    lane = live._fetch.lane
-    conn = lane.connection()
-    conn.connect()
-    t0 = time.perf_counter()
-    lane.await_reply(conn)  # nothing was sent: it must stop at its bound, not hang
-    assert time.perf_counter() - t0 >= 0.002
+    lane, conn = _connected_lane(r, redis_prefix, 2000)
+    assert _wait(lane, conn) >= 0.002  # nothing was sent: it stops at its bound, never hangs
     conn.send_command("PING")
     lane.await_reply(conn)
     assert conn.read_response() in (b"PONG", "PONG")  # the connection is still in step
@@ -74,18 +83,11 @@ def test_spinning_and_blocking_lanes_read_the_same_replies(redis_url, redis_pref
 def test_only_a_lane_used_by_one_thread_spins(r, redis_prefix):
     import threading
 
-    live = LiveState(r, prefix=redis_prefix, spin_us=50_000)
-    lane = live._fetch.lane
-    conn = lane.connection()
-    conn.connect()
-    t0 = time.perf_counter()
-    lane.await_reply(conn)
-    assert time.perf_counter() - t0 >= 0.05  # alone: it waited for a reply that never came
+    lane, conn = _connected_lane(r, redis_prefix, 50_000)
+    assert _wait(lane, conn) >= 0.05  # alone: it waited for a reply that never came
     other = threading.Thread(target=lane.connection)  # a second dispatcher thread
     other.start()
     other.join()
     assert lane._users == 2
-    t0 = time.perf_counter()
-    lane.await_reply(conn)
     # Not a timing claim: with two users the wait returns at once, long before its 50 ms bound.
-    assert time.perf_counter() - t0 < 0.05
+    assert _wait(lane, conn) < 0.05

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 from ig3.scheduler import Candidate, LiveState, PlacementRequest, Scheduler, Weights
-from ig3.scheduler.view import MAX_ENTRIES, IndexView
+from ig3.scheduler.view import MAX_ENTRIES, IndexView, index_candidates
 from ig3.wire import DeviceLoad, Heartbeat, Location, ModelInfo
 
 NOW = 1_800_000_000.0
@@ -109,16 +109,18 @@ def test_refetched_when_half_the_head_is_gone():
     assert v.get("m", None, NOW) is None  # 2 of 4: decisions would lose their best
 
 
-def test_candidates_draw_the_sample_from_the_pool():
+def test_index_candidates_draw_the_sample_from_the_pool():
     v = IndexView(1.0)
     pool = [cand(f"p{i}") for i in range(16)]
     v.put("m", None, 20, [cand("a")], pool, NOW)
     e = v.get("m", None, NOW)
     rng = random.Random(1)
-    draws = [v.candidates(e, 4, rng) for _ in range(20)]
+    draws = [index_candidates(e.top, e.pool, 4, rng) for _ in range(20)]
     assert all(d[0].thing == "a" and len(d) == 5 for d in draws)
     assert len({tuple(c.thing for c in d[1:]) for d in draws}) > 1  # decisions differ between refetches
     assert len({c.thing for d in draws for c in d[1:]}) > 8
+    # A pool smaller than the sample is taken whole.
+    assert [c.thing for c in index_candidates(e.top, pool[:2], 4, rng)] == ["a", "p0", "p1"]
 
 
 def test_entries_are_bounded():

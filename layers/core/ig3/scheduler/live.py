@@ -548,22 +548,6 @@ class LiveState:
 
     # -- the scheduler's two round trips -----------------------------------------------------
 
-    def candidates(
-        self,
-        model: str,
-        region: str | None,
-        near: tuple[float, float] | None,
-        *,
-        top: int,
-        sample: int,
-        nearest: int,
-        offset: int,
-        now: float,
-    ) -> tuple[int, list[Candidate]]:
-        """(devices with a free slot in the index, bounded candidate list) — one script call."""
-        f = self.fetch(model, region, near, top=top, sample=sample, nearest=nearest, offset=offset, now=now)
-        return f.total, f.candidates
-
     def fetch(
         self,
         model: str,
@@ -576,7 +560,8 @@ class LiveState:
         offset: int,
         now: float,
     ) -> Fetched:
-        """``candidates`` with where each came from (the index head, the sample, the grid)."""
+        """(devices with a free slot in the index, bounded candidates and where each came from: the
+        index head, the random sample, the grid) — one script call."""
         args = self._fetch_args(model, region, near, top, sample, nearest, offset, now)
         return self._parse_candidates(model, self._fetch(self.hb_key, args), now)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from ig3.scheduler.core import Candidate, Decision, Placement, PlacementRequest, Weights, decide, explain
 from ig3.scheduler.live import Fetched, LiveState
-from ig3.scheduler.view import IndexView
+from ig3.scheduler.view import IndexView, index_candidates
 from ig3.wire import TASK_ID_RE
 
 _RESERVE_ROUNDS = 2
@@ -283,14 +283,13 @@ class Scheduler:
         sample = w.random_candidates
         for r, ask in zip(reqs, asks):
             total, top, pool = heads[(r.model, r.region)]
-            if len(pool) > sample:
-                pool = self.rng.sample(pool, sample)
+            index = index_candidates(top, pool, sample, self.rng)
             near: list[Candidate] = []
             if ask is not None:
                 f = fetched[ask]
                 near = f.candidates[f.index :]
                 total = f.total  # the freshest count
-            out.append((total, [*top, *pool, *near], (r.model, r.region) not in planned))
+            out.append((total, index + near, (r.model, r.region) not in planned))
         return out
 
     def _follow(self, thing: str | None, skipped: Sequence[str]) -> None:

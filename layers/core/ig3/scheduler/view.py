@@ -98,13 +98,6 @@ class IndexView:
                 del self._entries[oldest]
             self._entries[(model, region)] = entry
 
-    def candidates(self, entry: _Entry, sample: int, rng: random.Random) -> list[Candidate]:
-        """The head plus ``sample`` drawn from the pool (the decision's index candidates)."""
-        pool = entry.pool
-        if len(pool) > sample:
-            pool = rng.sample(pool, sample)
-        return [*entry.top, *pool]
-
     def reserved(self, thing: str, skipped: Sequence[str] = ()) -> None:
         """This dispatcher reserved a slot on ``thing`` (after skipping ``skipped``, full or gone)."""
         if not self._entries:
@@ -151,3 +144,13 @@ class IndexView:
         del entry.by_name[thing]
         entry.top = [c for c in entry.top if c.thing != thing]
         entry.pool = [c for c in entry.pool if c.thing != thing]
+
+
+def index_candidates(
+    top: Sequence[Candidate], pool: Sequence[Candidate], sample: int, rng: random.Random
+) -> list[Candidate]:
+    """A decision's index candidates: the head plus ``sample`` drawn from the pool (a view's or a
+    fresh fetch's), so decisions between refetches differ."""
+    if len(pool) > sample:
+        pool = rng.sample(pool, sample)
+    return [*top, *pool]

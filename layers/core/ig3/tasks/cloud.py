@@ -289,11 +289,11 @@ class FleetSpeed:
         self._top = top
 
     def best_tokens_per_s(self, model: str, region: str | None = None) -> float | None:
-        _, candidates = self._live.candidates(
+        fetched = self._live.fetch(
             model, region, None, top=self._top, sample=0, nearest=0, offset=0, now=self._clock()
         )
         best: float | None = None
-        for c in candidates:
+        for c in fetched.candidates:
             if not c.online or c.draining or c.free <= 0:
                 continue
             offer = c.models.get(model)
